@@ -1,0 +1,70 @@
+"""Settings and limits, as frozen dataclasses.
+
+Theory of operation: every number that bounds what a client can make the server do lives here,
+with its unit in its name and the reason for its default beside it. The parser takes only
+:class:`Limits`, so it can be fuzzed without the rest; the server takes a whole :class:`Config`.
+Nothing here is mutated after start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on a request's head and body, the parser's whole view of configuration."""
+
+    max_request_line_bytes: int = 8 * KIB  # common servers: 4-16 KiB; a URL longer is not a file
+    max_head_bytes: int = 32 * KIB  # common servers: 8-80 KiB (nginx 32 KiB, Apache 8 KiB a line)
+    max_header_count: int = 100  # Apache and h2o: 100
+    max_upload_bytes: int = 1 * GIB  # PUT bodies go to disk, so this is about disk, not memory
+    max_chunk_line_bytes: int = 4 * KIB  # a chunk-size line with extensions; size is 16 hex digits
+    max_trailer_bytes: int = 16 * KIB  # trailers are discarded, but must be bounded
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Deadlines in seconds; the loop enforces them with one timer heap."""
+
+    head_s: float = 10.0  # from a request's first byte to its blank line: defeats slowloris
+    idle_s: float = 15.0  # a keep-alive connection with nothing pending
+    stall_s: float = 30.0  # a body or a response that makes no progress at all
+    min_rate_bytes_s: int = 1 * KIB  # below this average rate, a transfer is a stall too
+    linger_s: float = 2.0  # draining a client's unread bytes after an error, before closing
+    shutdown_s: float = 5.0  # grace for in-flight responses on Ctrl+C or SIGTERM
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the server needs, as the command line gave it."""
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    read_only: bool = False
+    limits: Limits = field(default_factory=Limits)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_connections: int = 10_000
+    use_sendfile: bool = True
+    follow_symlinks: bool = False  # follow symlinks that leave the root
+    dotfiles: bool = False
+    fsync: bool = False
+    stats_csv: Path | None = None
+    response_log: Path | None = None
+    quiet: bool = False
+    trace: bool = False
+    listing: bool = False
+    allow_delete: bool = False
+    precompressed: bool = True
+    extra_headers: tuple[tuple[bytes, bytes], ...] = ()

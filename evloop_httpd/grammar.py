@@ -1,0 +1,107 @@
+"""Byte-level grammar of HTTP/1.1 requests, each regex under the ABNF it implements.
+
+Theory of operation: every regex here runs against ``bytes`` and is anchored by the caller with
+``fullmatch``, so a pattern says what a whole element is, never what it contains. Each is written
+so that it cannot backtrack badly: runs of one class alternate with runs of a disjoint class, so
+matching is linear in the input, which the fuzzer relies on.
+
+Deliberate deviations from RFC 9112 / RFC 3986 (each is explained in docs/deviations.md):
+
+* D1. Bare LF is never a line terminator (RFC 9112 §2.2 allows it as a MAY): requests using it
+  are rejected with 400.
+* D2. Field values may not hold any control character but HTAB (RFC 9110 §5.5 forbids them;
+  h11 lets most of them through).
+* D3. Request targets are checked against RFC 3986, plus the seven characters that browsers
+  send unescaped by the WHATWG URL standard: ``[ ] | ^ ` { }``. Anything else outside the grammar
+  (space, ``"``, ``<``, ``>``, ``\\``, ``#``, controls, bytes >= 0x80) is a 400.
+* D4. Chunk extensions must match the RFC 9112 §7.1.1 grammar (h11 accepts any bytes after ``;``).
+"""
+
+from __future__ import annotations
+
+import re
+
+# RFC 9110 §5.6.2: token = 1*tchar; tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-"
+#   / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
+TOKEN = re.compile(TCHAR + rb"+")
+
+# RFC 9112 §3: request-line = method SP request-target SP HTTP-version
+#   method = token; HTTP-version = HTTP-name "/" DIGIT "." DIGIT; HTTP-name = %s"HTTP"
+# Single spaces only: RFC 9112 §3 lets a server split on other whitespace, and we do not (the
+# target is checked on its own below, so here it is any run of visible ASCII).
+REQUEST_LINE = re.compile(TCHAR + rb"+ [\x21-\x7e]+ HTTP/[0-9]\.[0-9]")
+
+# RFC 9112 §5: field-line = field-name ":" OWS field-value OWS
+#   field-value = *field-content; field-content = field-vchar [ 1*( SP / HTAB / field-vchar )
+#   field-vchar ]; field-vchar = VCHAR / obs-text
+# Group 1 is the name; group 2 the value with its leading OWS gone and its trailing OWS kept
+# (the caller strips it). The value must start with a field-vchar, so a failed match cannot
+# backtrack through the leading OWS one byte at a time. No whitespace before the colon (§5.1).
+FIELD_LINE = re.compile(
+    rb"(" + TCHAR + rb"+):[ \t]*((?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?)"
+)
+
+# RFC 3986 §3.3: pchar = unreserved / pct-encoded / sub-delims / ":" / "@"
+#   unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"; sub-delims = "!" / "$" / "&" / "'" / "("
+#   / ")" / "*" / "+" / "," / ";" / "="; pct-encoded = "%" HEXDIG HEXDIG
+# RFC 3986 §3.4: query = *( pchar / "/" / "?" ); D3 adds [ ] | ^ ` { }.
+_PCHAR_SAFE = rb"A-Za-z0-9\-._~!$&'()*+,;=:@\[\]|^`{}"
+_PCT = rb"%[0-9A-Fa-f]{2}"
+# "/" followed by pchars and slashes is exactly 1*( "/" segment ), without a nested repeat.
+_PATH_ABEMPTY = rb"(?:/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)?"
+_QUERY = rb"(?:[" + _PCHAR_SAFE + rb"/?]|" + _PCT + rb")*"
+
+# RFC 9112 §3.2.1: origin-form = absolute-path [ "?" query ]; absolute-path = 1*( "/" segment )
+ORIGIN_FORM = re.compile(rb"(/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)(?:\?(" + _QUERY + rb"))?")
+
+# RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name
+#   IP-literal = "[" ( IPv6address / IPvFuture ) "]"; reg-name = *( unreserved / pct-encoded /
+#   sub-delims ). IPv4address is a subset of reg-name. The IPv6 form is checked loosely
+#   (hex digits, colons and dots): a wrong literal only fails to name us, it cannot smuggle.
+_HOST = rb"(?:\[[0-9A-Fa-f:.]+\]|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|" + _PCT + rb")*)"
+# RFC 9110 §7.2: Host = uri-host [ ":" port ]; port = *DIGIT
+HOST = re.compile(rb"(" + _HOST + rb")(?::[0-9]*)?")
+
+# RFC 9112 §3.2.2: absolute-form = absolute-URI; for http(s): scheme "://" authority
+#   path-abempty [ "?" query ]. Userinfo is refused (RFC 9110 §4.2.4: treat it as an error).
+ABSOLUTE_FORM = re.compile(
+    rb"[Hh][Tt][Tt][Pp][Ss]?://(" + _HOST + rb"(?::[0-9]*)?)(" + _PATH_ABEMPTY + rb")"
+    rb"(?:\?(" + _QUERY + rb"))?"
+)
+
+# RFC 9112 §3.2.3: authority-form = uri-host ":" port (CONNECT only)
+AUTHORITY_FORM = re.compile(_HOST + rb":[0-9]+")
+
+# RFC 9112 §7.1: chunk-size = 1*HEXDIG; chunk-ext = *( BWS ";" BWS chunk-ext-name
+#   [ BWS "=" BWS chunk-ext-val ] ); chunk-ext-name = token; chunk-ext-val = token / quoted-string
+# RFC 9110 §5.6.4: quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE
+#   qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text; quoted-pair = "\" ( HTAB / SP /
+#   VCHAR / obs-text )
+# At most 16 hex digits: enough for any size we could accept, and a cheap bound on the int.
+_BWS = rb"[ \t]*"
+_QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+CHUNK_LINE = re.compile(
+    rb"([0-9A-Fa-f]{1,16})(?:"
+    + _BWS
+    + rb";"
+    + _BWS
+    + TCHAR
+    + rb"+(?:"
+    + _BWS
+    + rb"="
+    + _BWS
+    + rb"(?:"
+    + TCHAR
+    + rb"+|"
+    + _QUOTED
+    + rb"))?)*"
+)
+
+# RFC 9112 §6.1 / RFC 9110 §10.1.4: transfer-coding = token *( OWS ";" OWS transfer-parameter )
+TRANSFER_CODING = re.compile(
+    TCHAR + rb"+(?:[ \t]*;[ \t]*" + TCHAR + rb"+=(?:" + TCHAR + rb"+|" + _QUOTED + rb"))*"
+)
+
+# RFC 9110 §8.6: Content-Length = 1*DIGIT
+DIGITS = re.compile(rb"[0-9]+")

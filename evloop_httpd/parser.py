@@ -1,0 +1,438 @@
+"""Sans-IO parsing of HTTP/1.1 requests: the head, then the body's framing.
+
+Theory of operation
+-------------------
+:func:`parse_head` takes the bytes received so far and returns a :class:`Request`, ``None`` for
+"need more", or raises :class:`HttpError`. It owns no buffer and touches no socket, clock or
+file, so it can be fed from a test, a fuzzer or the reactor alike.
+
+Two promises hold for every input, and the fuzzer checks both:
+
+* **Split invariance.** Whatever the boundaries at which bytes arrive, the outcome is the same.
+  Errors that can be seen before the head is complete (a bare LF, a request line over its limit,
+  a head over its limit) are ordered by the byte position at which they become certain, and a
+  complete head reports the earliest of them, exactly as a byte-by-byte feed would have.
+* **Linear work.** The caller passes ``scan_from``, the length of the buffer at its previous call,
+  and the search for the blank line resumes there instead of rescanning from the start.
+
+A complete head is then validated as a whole: request line, each field line, Host, and the body
+framing of RFC 9112 §6.3. Framing problems close the connection (``close=True``) because after
+them nobody can tell where the next request starts.
+
+The body decoders (:class:`FixedBody` and :class:`ChunkedBody`) take bytes off the front of the
+connection's ``bytearray`` and hand back payload, so the memory they hold is what one ``recv``
+returned, whatever the body's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+
+from . import grammar
+from .config import Limits
+from .errors import HttpError, bad_request
+
+# Methods whose request target may take a non-origin form.
+_OPTIONS = b"OPTIONS"
+_CONNECT = b"CONNECT"
+_CRLF = b"\r\n"
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """A parsed request head. Names in ``headers`` are lower-cased; values are OWS-stripped."""
+
+    method: bytes
+    raw_target: bytes
+    http_version: bytes  # as sent: b"1.1", b"1.0", b"1.7" (any 1.x other than 1.0 acts as 1.1)
+    headers: list[tuple[bytes, bytes]]
+    path: bytes  # still percent-encoded; b"*" for asterisk-form, b"" for authority-form
+    query: bytes | None
+    host: bytes  # from the absolute-form target when there is one, else from Host
+    content_length: int  # body length when not chunked (0: no body)
+    chunked: bool
+    keep_alive: bool
+    expect: bytes | None  # the Expect value, lower-cased, on HTTP/1.1 only
+    head_size: int  # bytes of the buffer this head used, leading blank lines included
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or self.content_length > 0
+
+    def get(self, name: bytes) -> bytes | None:
+        """The value of header ``name`` (lower-case), with repeated lines joined by ", "."""
+        values = [v for n, v in self.headers if n == name]
+        if not values:
+            return None
+        return values[0] if len(values) == 1 else b", ".join(values)
+
+
+def parse_head(buf: bytes | bytearray, limits: Limits, scan_from: int = 0) -> Request | None:
+    """Parse the request head at the start of ``buf``.
+
+    Returns the :class:`Request`, or ``None`` when more bytes are needed, or raises
+    :class:`HttpError`. ``scan_from`` is how many bytes of ``buf`` an earlier call has seen.
+    """
+    start = _skip_blank_lines(buf)
+    end = buf.find(b"\r\n\r\n", max(start, scan_from - 3))
+    if end < 0:
+        _check_partial(buf, start, len(buf), scan_from, limits)
+        return None
+    stop = end + 4
+    _check_partial(buf, start, stop, scan_from, limits)
+    return _parse_complete(bytes(buf[start:end]), limits, stop)
+
+
+def _skip_blank_lines(buf: bytes | bytearray) -> int:
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line
+    # (some clients send a CRLF after a POST body). Exactly one is ignored (D5): a run of them is
+    # no request at all, and a bound keeps this check O(1) however the bytes are trickled.
+    return 2 if buf.startswith(_CRLF) else 0
+
+
+def _check_partial(
+    buf: bytes | bytearray, start: int, stop: int, scan_from: int, limits: Limits
+) -> None:
+    """Raise the error, if any, that the first ``stop`` bytes already make certain.
+
+    Each candidate error has the position at which a byte-by-byte reader would first see it;
+    the earliest wins, so the outcome does not depend on how the bytes were split.
+    """
+    found: list[tuple[int, HttpError]] = []
+
+    # A LF not preceded by CR (D1 in grammar.py). Only the first one matters, and the bytes
+    # before ``scan_from`` were checked by an earlier call.
+    lf = buf.find(b"\n", max(start, scan_from), stop)
+    while lf >= 0:
+        if lf == start or buf[lf - 1] != 13:
+            found.append((lf + 1, bad_request("line ends in a bare LF; CRLF is required")))
+            break
+        lf = buf.find(b"\n", lf + 1, stop)
+
+    # The request line, CRLF included, must end within max_request_line_bytes + 2.
+    window = limits.max_request_line_bytes + 2
+    if stop - start >= window and buf.find(b"\n", start, start + window) < 0:
+        found.append(
+            (
+                start + window,
+                HttpError(
+                    HTTPStatus.REQUEST_URI_TOO_LONG,
+                    f"request line over {limits.max_request_line_bytes} bytes",
+                    close=True,
+                ),
+            )
+        )
+
+    # The whole head, leading blank lines and final CRLF CRLF included.
+    if stop > limits.max_head_bytes:
+        found.append(
+            (
+                limits.max_head_bytes + 1,
+                HttpError(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"request head over {limits.max_head_bytes} bytes",
+                    close=True,
+                ),
+            )
+        )
+    if found:
+        raise min(found, key=lambda pair: pair[0])[1]
+
+
+def _parse_complete(head: bytes, limits: Limits, head_size: int) -> Request:
+    lines = head.split(_CRLF)
+    request_line = lines[0]
+    if not grammar.REQUEST_LINE.fullmatch(request_line):
+        raise bad_request("malformed request line")
+    method, raw_target, version = request_line.split(b" ")
+    if version[5:6] != b"1":
+        raise HttpError(
+            HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+            "only HTTP/1.x is served here",
+            close=True,
+        )
+    http_version = version[5:]
+
+    if len(lines) - 1 > limits.max_header_count:
+        raise HttpError(
+            HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+            f"more than {limits.max_header_count} header fields",
+            close=True,
+        )
+    headers: list[tuple[bytes, bytes]] = []
+    match_field = grammar.FIELD_LINE.fullmatch
+    for line in lines[1:]:
+        m = match_field(line)
+        if m is None:
+            raise bad_request(_field_line_problem(line))
+        headers.append((m[1].lower(), m[2].rstrip(b" \t")))
+    return _interpret(method, raw_target, http_version, headers, limits, head_size)
+
+
+def _field_line_problem(line: bytes) -> str:
+    if line[:1] in (b" ", b"\t"):
+        return "obsolete line folding is not accepted"
+    name, colon, _ = line.partition(b":")
+    if not colon:
+        return "header line without a colon"
+    if name != name.rstrip(b" \t"):
+        return "whitespace between header name and colon"
+    if not grammar.TOKEN.fullmatch(name):
+        return "header name is not a token"
+    return "control character in a header value"
+
+
+def _interpret(
+    method: bytes,
+    raw_target: bytes,
+    http_version: bytes,
+    headers: list[tuple[bytes, bytes]],
+    limits: Limits,
+    head_size: int,
+) -> Request:
+    """Apply the rules that need the head as a whole: target form, Host, framing, persistence."""
+    hosts: list[bytes] = []
+    lengths: list[bytes] = []
+    codings: list[bytes] = []
+    connection: list[bytes] = []
+    expect: bytes | None = None
+    has_te = False
+    for name, value in headers:
+        if name == b"host":
+            hosts.append(value)
+        elif name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            has_te = True
+            codings.extend(_list_elements(value))
+        elif name == b"connection":
+            connection.extend(_list_elements(value))
+        elif name == b"expect":
+            expect = value.lower() if expect is None else expect + b", " + value.lower()
+
+    is_10 = http_version == b"1.0"
+    path, query, target_host = _split_target(method, raw_target)
+
+    # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1, at most one in HTTP/1.0.
+    if len(hosts) > 1:
+        raise bad_request("more than one Host header")
+    if not hosts and not is_10:
+        raise bad_request("HTTP/1.1 request without a Host header")
+    if hosts and not grammar.HOST.fullmatch(hosts[0]):
+        raise bad_request("invalid Host header")
+    host = target_host if target_host is not None else (hosts[0] if hosts else b"")
+
+    chunked, content_length = _framing(has_te, codings, lengths, is_10, limits)
+
+    tokens = {t.lower() for t in connection}
+    keep_alive = b"close" not in tokens and (not is_10 or b"keep-alive" in tokens)
+    return Request(
+        method=method,
+        raw_target=raw_target,
+        http_version=http_version,
+        headers=headers,
+        path=path,
+        query=query,
+        host=host,
+        content_length=content_length,
+        chunked=chunked,
+        keep_alive=keep_alive,
+        expect=None if is_10 else expect,
+        head_size=head_size,
+    )
+
+
+def _list_elements(value: bytes) -> list[bytes]:
+    # RFC 9110 §5.6.1: recipients accept and ignore empty list elements.
+    return [e for e in (part.strip(b" \t") for part in value.split(b",")) if e]
+
+
+def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+    """Return (path, query, host-from-target) for the four forms of RFC 9112 §3.2."""
+    if target[:1] == b"/":
+        m = grammar.ORIGIN_FORM.fullmatch(target)
+        if m is None:
+            raise bad_request("request target is not a valid origin-form URI")
+        return m[1], m[2], None
+    if target == b"*":
+        if method != _OPTIONS:
+            raise bad_request("asterisk-form is only for OPTIONS")
+        return b"*", None, None
+    m = grammar.ABSOLUTE_FORM.fullmatch(target)
+    if m is not None:
+        return m[2] or b"/", m[3], m[1]
+    if method == _CONNECT and grammar.AUTHORITY_FORM.fullmatch(target):
+        return b"", None, target
+    raise bad_request("request target is not origin-form, absolute-form or asterisk-form")
+
+
+def _framing(
+    has_te: bool, codings: list[bytes], lengths: list[bytes], is_10: bool, limits: Limits
+) -> tuple[bool, int]:
+    """RFC 9112 §6.3: how long is the body? Returns (chunked, content_length)."""
+    if has_te:
+        if lengths:
+            raise bad_request("both Transfer-Encoding and Content-Length")
+        if is_10:
+            raise bad_request("Transfer-Encoding in an HTTP/1.0 request")
+        for coding in codings:
+            if not grammar.TRANSFER_CODING.fullmatch(coding):
+                raise bad_request("malformed Transfer-Encoding")
+        names = [c.split(b";", 1)[0].rstrip(b" \t").lower() for c in codings]
+        if not names or names[-1] != b"chunked" or codings[-1].lower() != b"chunked":
+            raise bad_request("Transfer-Encoding must end in chunked")
+        if names.count(b"chunked") > 1:
+            raise bad_request("chunked applied more than once")
+        if len(names) > 1:
+            raise HttpError(
+                HTTPStatus.NOT_IMPLEMENTED,
+                "only the chunked transfer coding is supported",
+                close=True,
+            )
+        return True, 0
+    if not lengths:
+        return False, 0
+    # RFC 9110 §8.6: a list of identical values may be taken as one; anything else is an error.
+    values = {e.strip(b" \t") for v in lengths for e in v.split(b",")}
+    if len(values) != 1:
+        raise bad_request("conflicting Content-Length values")
+    (value,) = values
+    if not grammar.DIGITS.fullmatch(value):
+        raise bad_request("Content-Length is not a plain decimal number")
+    # 18 digits cannot overflow anything and are far past any sane limit.
+    length = int(value) if len(value) <= 18 else limits.max_upload_bytes + 1
+    if length > limits.max_upload_bytes:
+        raise HttpError(
+            HTTPStatus.CONTENT_TOO_LARGE,
+            f"body over the {limits.max_upload_bytes}-byte limit",
+            close=True,
+        )
+    return False, length
+
+
+class FixedBody:
+    """Content-Length framing: take exactly ``remaining`` bytes."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+
+    def read(self, buf: bytearray) -> tuple[bytes, bool]:
+        """Take what belongs to the body off ``buf``. Returns (payload, finished)."""
+        take = min(self.remaining, len(buf))
+        data = bytes(buf[:take])
+        del buf[:take]
+        self.remaining -= take
+        return data, self.remaining == 0
+
+
+# ChunkedBody phases. Plain ints: they are compared on every chunk.
+_SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class ChunkedBody:
+    """Chunked framing (RFC 9112 §7.1), decoded incrementally.
+
+    Each call consumes as much of ``buf`` as it can and leaves a partial line in place for the
+    next call, so a line is only ever scanned once per arrival of new bytes.
+    """
+
+    __slots__ = ("_limits", "_phase", "_remaining", "_scanned", "total", "trailer_bytes", "trailers")
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._phase = _SIZE
+        self._remaining = 0
+        self._scanned = 0  # bytes of a partial line already searched for LF
+        self.total = 0
+        self.trailers: list[tuple[bytes, bytes]] = []
+        self.trailer_bytes = 0
+
+    @property
+    def done(self) -> bool:
+        return self._phase == _DONE
+
+    def read(self, buf: bytearray) -> tuple[bytes, bool]:
+        """Take what belongs to the body off ``buf``. Returns (payload, finished)."""
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while pos < end and self._phase != _DONE:
+            phase = self._phase
+            if phase == _DATA:
+                take = min(self._remaining, end - pos)
+                out.append(bytes(buf[pos : pos + take]))
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._phase = _DATA_END
+            elif phase == _DATA_END:
+                if buf[pos] != 13 or (end - pos >= 2 and buf[pos + 1] != 10):
+                    raise bad_request("chunk data not followed by CRLF")
+                if end - pos < 2:
+                    break
+                pos += 2
+                self._phase = _SIZE
+            else:
+                line = self._maybe_line(buf, pos, end)
+                if line is None:
+                    break
+                pos += len(line) + 2
+                if phase == _SIZE:
+                    self._start_chunk(line)
+                else:
+                    self._add_trailer(line)
+        del buf[:pos]
+        return b"".join(out), self._phase == _DONE
+
+    def _maybe_line(self, buf: bytearray, pos: int, end: int) -> bytes | None:
+        limit = (
+            self._limits.max_chunk_line_bytes
+            if self._phase == _SIZE
+            else self._limits.max_trailer_bytes - self.trailer_bytes
+        )
+        lf = buf.find(b"\n", pos + self._scanned, end)
+        if lf < 0:
+            self._scanned = end - pos
+            if end - pos > limit + 1:
+                raise bad_request(self._too_long())
+            return None
+        self._scanned = 0
+        if lf == pos or buf[lf - 1] != 13:
+            raise bad_request("line ends in a bare LF; CRLF is required")
+        if lf - 1 - pos > limit:
+            raise bad_request(self._too_long())
+        return bytes(buf[pos : lf - 1])
+
+    def _too_long(self) -> str:
+        return "chunk-size line too long" if self._phase == _SIZE else "trailer section too large"
+
+    def _start_chunk(self, line: bytes) -> None:
+        m = grammar.CHUNK_LINE.fullmatch(line)
+        if m is None:
+            raise bad_request("malformed chunk-size line")
+        size = int(m[1], 16)
+        if size == 0:
+            self._phase = _TRAILER
+            return
+        self.total += size
+        if self.total > self._limits.max_upload_bytes:
+            raise HttpError(
+                HTTPStatus.CONTENT_TOO_LARGE,
+                f"body over the {self._limits.max_upload_bytes}-byte limit",
+                close=True,
+            )
+        self._remaining = size
+        self._phase = _DATA
+
+    def _add_trailer(self, line: bytes) -> None:
+        if not line:
+            self._phase = _DONE
+            return
+        self.trailer_bytes += len(line) + 2
+        m = grammar.FIELD_LINE.fullmatch(line)
+        if m is None:
+            raise bad_request("malformed trailer field")
+        self.trailers.append((m[1].lower(), m[2].rstrip(b" \t")))

@@ -657,6 +657,7 @@ def summarize(report: dict[str, Any]) -> None:
             spreads[server][key] = (
                 (max(values) - min(values)) / abs(med) if med and len(values) > 1 else None
             )
+    report["metrics"] = [{"key": k, "title": t, "unit": u} for k, t, u in metric_rows()]
     report["medians"] = medians
     report["spreads"] = spreads
     ratios: dict[str, dict[str, float | None]] = {}

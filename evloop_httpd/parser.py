@@ -339,7 +339,15 @@ class ChunkedBody:
     next call, so a line is only ever scanned once per arrival of new bytes.
     """
 
-    __slots__ = ("_limits", "_phase", "_remaining", "_scanned", "total", "trailer_bytes", "trailers")
+    __slots__ = (
+        "_limits",
+        "_phase",
+        "_remaining",
+        "_scanned",
+        "total",
+        "trailer_bytes",
+        "trailers",
+    )
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits

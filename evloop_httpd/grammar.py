@@ -53,7 +53,9 @@ _PATH_ABEMPTY = rb"(?:/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)?"
 _QUERY = rb"(?:[" + _PCHAR_SAFE + rb"/?]|" + _PCT + rb")*"
 
 # RFC 9112 §3.2.1: origin-form = absolute-path [ "?" query ]; absolute-path = 1*( "/" segment )
-ORIGIN_FORM = re.compile(rb"(/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)(?:\?(" + _QUERY + rb"))?")
+ORIGIN_FORM = re.compile(
+    rb"(/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)(?:\?(" + _QUERY + rb"))?"
+)
 
 # RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name
 #   IP-literal = "[" ( IPv6address / IPvFuture ) "]"; reg-name = *( unreserved / pct-encoded /

@@ -304,7 +304,7 @@ def _framing(
     length = int(value) if len(value) <= 18 else limits.max_upload_bytes + 1
     if length > limits.max_upload_bytes:
         raise HttpError(
-            HTTPStatus.CONTENT_TOO_LARGE,
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"body over the {limits.max_upload_bytes}-byte limit",
             close=True,
         )
@@ -339,7 +339,15 @@ class ChunkedBody:
     next call, so a line is only ever scanned once per arrival of new bytes.
     """
 
-    __slots__ = ("_limits", "_phase", "_remaining", "_scanned", "total", "trailer_bytes", "trailers")
+    __slots__ = (
+        "_limits",
+        "_phase",
+        "_remaining",
+        "_scanned",
+        "total",
+        "trailer_bytes",
+        "trailers",
+    )
 
     def __init__(self, limits: Limits) -> None:
         self._limits = limits
@@ -420,7 +428,7 @@ class ChunkedBody:
         self.total += size
         if self.total > self._limits.max_upload_bytes:
             raise HttpError(
-                HTTPStatus.CONTENT_TOO_LARGE,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"body over the {self._limits.max_upload_bytes}-byte limit",
                 close=True,
             )

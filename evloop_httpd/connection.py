@@ -1,0 +1,481 @@
+"""One client connection as an explicit state machine, with no socket in it.
+
+Theory of operation
+-------------------
+A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
+which looks the (state, :class:`Input`) pair up in ``TRANSITIONS``; a pair missing from that table
+is a bug, is reported, and closes the connection. What the reactor should wait for is read off
+the state alone (``INTEREST``), so the reactor never has to reason about HTTP.
+
+The reactor drives a connection through four calls, each given the current time:
+
+* :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
+* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
+* :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
+* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed.
+
+``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
+been sent, it becomes an error response; otherwise the connection aborts. Any other exception is
+a bug: a 500 under the same rule, and the traceback goes to the log. After an error response the
+connection goes to LINGERING, where it only drains what the client still sends (so that closing
+does not turn into a reset that destroys the response) and never parses again.
+
+One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a response ends,
+the next one is parsed at once, without going back to the selector. The reactor does not read
+while a response is being written, so ``inbuf`` never holds more than the head limit plus one
+``recv``: memory per connection is bounded whatever is sent or received.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from http import HTTPStatus
+from typing import Protocol
+
+from .config import Config
+from .errors import HttpError, bad_request
+from .handler import Handler
+from .parser import ChunkedBody, FixedBody, Request, parse_head
+from .responses import CONTINUE, DateCache, Response, encode_head, error_response
+from .upload import Upload
+
+READ = 1  # selectors.EVENT_READ
+WRITE = 2  # selectors.EVENT_WRITE
+
+
+class ConnState(Enum):
+    READING_HEADERS = "reading headers"
+    WRITING_CONTINUE = "writing 100 Continue"
+    READING_BODY = "reading body"
+    WRITING_HEADERS = "writing headers"
+    STREAMING_FILE = "streaming file"
+    LINGERING = "lingering"
+    CLOSED = "closed"
+
+
+class Input(Enum):
+    HEAD_COMPLETE = "head complete, response ready"
+    CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
+    BODY_EXPECTED = "head complete, body follows"
+    CONTINUE_SENT = "100 Continue sent"
+    BODY_COMPLETE = "body complete, response ready"
+    ERROR = "error response ready"
+    FILE_FOLLOWS = "headers sent, file follows"
+    RESPONSE_DONE = "response sent, keep alive"
+    RESPONSE_DONE_CLOSE = "response sent, close"
+    PEER_EOF = "peer closed"
+    TIMEOUT = "deadline passed"
+    ABORT = "abort"
+
+
+S = ConnState
+I = Input  # noqa: E741 - the table below reads better with one-letter aliases
+
+TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
+    (S.READING_HEADERS, I.HEAD_COMPLETE): S.WRITING_HEADERS,
+    (S.READING_HEADERS, I.CONTINUE_EXPECTED): S.WRITING_CONTINUE,
+    (S.READING_HEADERS, I.BODY_EXPECTED): S.READING_BODY,
+    (S.READING_HEADERS, I.ERROR): S.WRITING_HEADERS,
+    (S.READING_HEADERS, I.PEER_EOF): S.CLOSED,
+    (S.READING_HEADERS, I.TIMEOUT): S.CLOSED,
+    (S.READING_HEADERS, I.ABORT): S.CLOSED,
+    (S.WRITING_CONTINUE, I.CONTINUE_SENT): S.READING_BODY,
+    (S.WRITING_CONTINUE, I.TIMEOUT): S.CLOSED,
+    (S.WRITING_CONTINUE, I.ABORT): S.CLOSED,
+    (S.READING_BODY, I.BODY_COMPLETE): S.WRITING_HEADERS,
+    (S.READING_BODY, I.ERROR): S.WRITING_HEADERS,
+    (S.READING_BODY, I.ABORT): S.CLOSED,
+    (S.WRITING_HEADERS, I.FILE_FOLLOWS): S.STREAMING_FILE,
+    (S.WRITING_HEADERS, I.RESPONSE_DONE): S.READING_HEADERS,
+    (S.WRITING_HEADERS, I.RESPONSE_DONE_CLOSE): S.LINGERING,
+    (S.WRITING_HEADERS, I.TIMEOUT): S.CLOSED,
+    (S.WRITING_HEADERS, I.ABORT): S.CLOSED,
+    (S.STREAMING_FILE, I.RESPONSE_DONE): S.READING_HEADERS,
+    (S.STREAMING_FILE, I.RESPONSE_DONE_CLOSE): S.LINGERING,
+    (S.STREAMING_FILE, I.TIMEOUT): S.CLOSED,
+    (S.STREAMING_FILE, I.ABORT): S.CLOSED,
+    (S.LINGERING, I.PEER_EOF): S.CLOSED,
+    (S.LINGERING, I.TIMEOUT): S.CLOSED,
+    (S.LINGERING, I.ABORT): S.CLOSED,
+}
+
+INTEREST: dict[ConnState, int] = {
+    S.READING_HEADERS: READ,
+    S.WRITING_CONTINUE: WRITE,
+    S.READING_BODY: READ,
+    S.WRITING_HEADERS: WRITE,
+    S.STREAMING_FILE: WRITE,
+    S.LINGERING: READ,
+    S.CLOSED: 0,
+}
+
+# States in which nothing of the current response has gone out, so an error can still be sent.
+_CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
+
+
+class Observer(Protocol):
+    """Where a connection reports what the logs want to know."""
+
+    def transition(self, conn: Connection, old: ConnState, inp: Input, new: ConnState) -> None: ...
+    def response_head(self, conn: Connection, head: bytes) -> None: ...
+    def request_done(self, conn: Connection) -> None: ...
+    def bug(self, conn: Connection, exc: BaseException) -> None: ...
+
+
+class Context:
+    """What all connections of one server share."""
+
+    __slots__ = ("config", "date", "handler", "observer", "stopping", "trace")
+
+    def __init__(self, config: Config, observer: Observer) -> None:
+        self.config = config
+        self.handler = Handler(config)
+        self.observer = observer
+        self.date = DateCache()
+        self.stopping = False
+        self.trace = config.trace
+
+
+class Connection:
+    """The HTTP side of one TCP connection. See the module docstring for the protocol."""
+
+    __slots__ = (
+        "body",
+        "ctx",
+        "deadline",
+        "file_fd",
+        "file_offset",
+        "file_remaining",
+        "ident",
+        "inbuf",
+        "keep_alive",
+        "local",
+        "out",
+        "out_pos",
+        "peer",
+        "phase_bytes",
+        "phase_start",
+        "request",
+        "scan_from",
+        "sent",
+        "spans",
+        "state",
+        "status",
+        "trailer",
+        "upload",
+        # The reactor's bookkeeping, kept here to save an object per connection. Nothing in
+        # this module reads them.
+        "events",
+        "shut_wr",
+        "sock",
+        "timer_at",
+        "use_sendfile",
+    )
+
+    def __init__(
+        self,
+        ctx: Context,
+        now: float,
+        peer: tuple = ("", 0),
+        local: tuple = ("", 0),
+        ident: int = 0,
+    ) -> None:
+        self.ctx = ctx
+        self.state = S.READING_HEADERS
+        self.inbuf = bytearray()
+        self.scan_from = 0
+        self.out = b""
+        self.out_pos = 0
+        self.file_fd = -1
+        self.file_offset = 0
+        self.file_remaining = 0
+        self.spans: list[tuple[bytes, int, int]] = []  # still to send, last first
+        self.trailer = b""
+        self.request: Request | None = None
+        self.body: FixedBody | ChunkedBody | None = None
+        self.upload: Upload | None = None
+        self.keep_alive = False
+        self.status = 0
+        self.sent = 0  # bytes of the current response on the wire
+        self.phase_start = now
+        self.phase_bytes = 0
+        self.deadline = now + ctx.config.timeouts.head_s
+        self.peer = peer
+        self.local = local
+        self.ident = ident
+        self.sock: object = None
+        self.events = 0
+        self.timer_at = float("inf")
+        self.shut_wr = False
+        self.use_sendfile = ctx.config.use_sendfile
+
+    @property
+    def interest(self) -> int:
+        return INTEREST[self.state]
+
+    # The four calls the reactor makes.
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Bytes from the peer; ``b""`` means it closed its side."""
+        state = self.state
+        if state is S.LINGERING:
+            if not data:
+                self._fire(I.PEER_EOF)
+            return
+        if state is S.CLOSED:
+            return
+        if not data:
+            if state is S.READING_HEADERS and not self.inbuf:
+                self._fire(I.PEER_EOF)
+            elif state in _CAN_RESPOND:
+                # A half-closed client may still read: tell it why nothing was done.
+                self._fail(bad_request("connection closed in the middle of a request"), now)
+            else:
+                self.abort()
+            return
+        self.inbuf += data
+        if state in _CAN_RESPOND:
+            self._advance(now)
+
+    def wrote(self, n: int, now: float) -> None:
+        """``send`` took the first ``n`` bytes of ``out[out_pos:]``."""
+        self.out_pos += n
+        self.sent += n
+        if self.out_pos < len(self.out):
+            self._progress(n, now)
+            return
+        self.out = b""
+        self.out_pos = 0
+        state = self.state
+        if state is S.WRITING_CONTINUE:
+            self._fire(I.CONTINUE_SENT)
+            self._start_phase(now)
+            self._advance(now)
+        elif self.file_remaining > 0:
+            if state is S.WRITING_HEADERS:
+                self._fire(I.FILE_FOLLOWS)
+                self._start_phase(now)
+            else:
+                self._progress(n, now)
+        elif state is S.STREAMING_FILE and self._next_span():
+            self._progress(n, now)
+        else:
+            self._finish_response(now)
+
+    def streamed(self, n: int, now: float) -> None:
+        """``sendfile`` (or its fallback) moved ``n`` bytes of the current file span.
+
+        In STREAMING_FILE the reactor sends :attr:`out` first when it is not empty (a multipart
+        boundary), and the file span after it.
+        """
+        if n <= 0:
+            # The file ended before the length we promised: it was truncated under us. Never
+            # let the client take what it got for the whole file.
+            self.abort()
+            return
+        self.file_offset += n
+        self.file_remaining -= n
+        self.sent += n
+        if self.file_remaining > 0 or self._next_span():
+            self._progress(n, now)
+        else:
+            self._finish_response(now)
+
+    def on_timeout(self, now: float) -> None:
+        """The reactor's timer fired; act only if our deadline really has passed."""
+        if self.state is S.CLOSED or now < self.deadline:
+            return
+        if self.state is S.READING_HEADERS and self.inbuf:
+            self._fail(
+                HttpError(
+                    HTTPStatus.REQUEST_TIMEOUT, "request head not received in time", close=True
+                ),
+                now,
+            )
+        elif self.state is S.READING_BODY:
+            self._fail(
+                HttpError(HTTPStatus.REQUEST_TIMEOUT, "request body stalled", close=True), now
+            )
+        else:
+            self._fire(I.TIMEOUT)
+
+    def abort(self) -> None:
+        """Drop the connection now, whatever it was doing (reset, stall, server stopping)."""
+        if self.state is not S.CLOSED:
+            self._fire(I.ABORT)
+
+    # Request processing.
+
+    def _advance(self, now: float) -> None:
+        """Parse and act on whatever ``inbuf`` allows; the one place errors are caught."""
+        try:
+            if self.state is S.READING_HEADERS:
+                self._maybe_start_request(now)
+            if self.state is S.READING_BODY:
+                self._maybe_read_body(now)
+        except HttpError as exc:
+            self._fail(exc, now)
+        except Exception as exc:
+            # A bug, or an OS error nobody anticipated: this client gets a 500, the rest go on.
+            self.ctx.observer.bug(self, exc)
+            self._fail(
+                HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", close=True), now
+            )
+
+    def _maybe_start_request(self, now: float) -> None:
+        inbuf = self.inbuf
+        if not inbuf:
+            return
+        ctx = self.ctx
+        req = parse_head(inbuf, ctx.config.limits, self.scan_from)
+        if req is None:
+            if self.scan_from == 0:
+                self.deadline = now + ctx.config.timeouts.head_s
+            self.scan_from = len(inbuf)
+            return
+        del inbuf[: req.head_size]
+        self.scan_from = 0
+        self.request = req
+        plan = ctx.handler.begin(req, ctx.date.second)
+        if isinstance(plan, Response):
+            self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
+            return
+        self.upload = plan
+        self.body = ChunkedBody(ctx.config.limits) if req.chunked else FixedBody(req.content_length)
+        if req.expect == b"100-continue" and req.has_body and not inbuf:
+            self.out = CONTINUE
+            self._fire(I.CONTINUE_EXPECTED)
+        else:
+            self._fire(I.BODY_EXPECTED)
+        self._start_phase(now)
+
+    def _maybe_read_body(self, now: float) -> None:
+        body, upload, req = self.body, self.upload, self.request
+        assert body is not None and upload is not None and req is not None
+        data, done = body.read(self.inbuf)
+        if data:
+            upload.write(data)
+            self._progress(len(data), now)
+        if done:
+            self.body = self.upload = None
+            resp = self.ctx.handler.finish_upload(upload, req)
+            self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
+
+    def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:
+        ctx = self.ctx
+        req = self.request
+        keep = (
+            req is not None
+            and req.keep_alive
+            and not resp.close
+            and not ctx.stopping
+            and (body_read or not req.has_body)
+        )
+        head = encode_head(
+            resp.status, resp.headers, ctx.date.value, keep, ctx.config.extra_headers
+        )
+        ctx.observer.response_head(self, head)
+        self.keep_alive = keep
+        self.status = resp.status
+        self.sent = 0
+        self.out = head + resp.body if resp.body else head
+        self.out_pos = 0
+        if resp.file_fd >= 0:
+            self.file_fd = resp.file_fd
+            self.spans = [span for span in reversed(resp.spans) if span[2] > 0 or span[0]]
+            self.trailer = resp.trailer
+            self._next_span()
+        self._fire(inp)
+        self._start_phase(now)
+
+    def _fail(self, exc: HttpError, now: float) -> None:
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
+        self.body = None
+        if self.state not in _CAN_RESPOND:
+            self.abort()
+            return
+        req = self.request
+        resp = error_response(exc, head_only=req is not None and req.method == b"HEAD")
+        self._start_response(resp, now, I.ERROR, body_read=False)
+
+    def _finish_response(self, now: float) -> None:
+        self._close_file()
+        self.ctx.observer.request_done(self)
+        self.request = None
+        self.status = 0
+        timeouts = self.ctx.config.timeouts
+        if self.keep_alive and not self.ctx.stopping:
+            self._fire(I.RESPONSE_DONE)
+            self.deadline = now + timeouts.idle_s
+            if self.inbuf:
+                self._advance(now)
+        else:
+            self._fire(I.RESPONSE_DONE_CLOSE)
+            self.inbuf.clear()
+            self.deadline = now + timeouts.linger_s
+
+    # Deadlines: a phase that moves bytes must keep moving them (see config.Timeouts).
+
+    def _start_phase(self, now: float) -> None:
+        self.phase_start = now
+        self.phase_bytes = 0
+        self.deadline = now + self.ctx.config.timeouts.stall_s
+
+    def _progress(self, n: int, now: float) -> None:
+        t = self.ctx.config.timeouts
+        self.phase_bytes += n
+        self.deadline = min(
+            now + t.stall_s, self.phase_start + t.stall_s + self.phase_bytes / t.min_rate_bytes_s
+        )
+
+    # Transitions and resources.
+
+    def _fire(self, inp: Input) -> None:
+        old = self.state
+        new = TRANSITIONS.get((old, inp))
+        if new is None:
+            self.ctx.observer.bug(
+                self, RuntimeError(f"no transition from {old.name} on {inp.name}")
+            )
+            new = S.CLOSED
+        self.state = new
+        if new is S.CLOSED:
+            self._release()
+        if self.ctx.trace:
+            self.ctx.observer.transition(self, old, inp, new)
+
+    def _next_span(self) -> bool:
+        """Queue the next span's prefix and file range (or the trailer). False when done."""
+        if self.spans:
+            prefix, self.file_offset, self.file_remaining = self.spans.pop()
+        elif self.trailer:
+            prefix, self.trailer = self.trailer, b""
+        else:
+            return False
+        if prefix:
+            self.out = self.out + prefix if self.out else prefix
+        return True
+
+    def _close_file(self) -> None:
+        if self.file_fd >= 0:
+            os.close(self.file_fd)
+            self.file_fd = -1
+        self.file_remaining = 0
+        self.spans = []
+        self.trailer = b""
+
+    def _release(self) -> None:
+        if self.status:
+            # A response was under way: log what the client actually got.
+            self.ctx.observer.request_done(self)
+            self.status = 0
+        self._close_file()
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
+        self.body = None
+        self.out = b""
+        self.inbuf = bytearray()

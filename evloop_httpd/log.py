@@ -1,0 +1,174 @@
+"""The server's logs: access log, CSV stats, response heads, state trace, and bugs.
+
+Theory of operation: nothing here writes on the hot path. Each record is formatted into an
+in-memory list and the reactor calls :meth:`Logs.flush` once per loop iteration, so a burst of
+requests costs one ``write`` per log, not one per request. :meth:`Logs.close` flushes for the
+last time at shutdown. Errors writing a log are reported once on stderr and never stop serving.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import TextIO
+
+from .config import Config
+from .connection import INTEREST, Connection, ConnState, Input
+
+_CSV_HEADER = [
+    "server_ip",
+    "server_port",
+    "client_ip",
+    "client_port",
+    "method",
+    "url",
+    "status",
+    "bytes_sent",
+]
+_INTEREST_NAMES = {0: "none", 1: "read", 2: "write", 3: "read|write"}
+
+
+def _printable(raw: bytes) -> str:
+    # Log lines must not let a client forge lines or terminal escapes.
+    return raw.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+class _Sink:
+    """One buffered text destination."""
+
+    __slots__ = ("_broken", "_buf", "_file", "_owned")
+
+    def __init__(self, file: TextIO, owned: bool) -> None:
+        self._file = file
+        self._owned = owned
+        self._buf: list[str] = []
+        self._broken = False
+
+    def add(self, text: str) -> None:
+        self._buf.append(text)
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        text = "".join(self._buf)
+        self._buf.clear()
+        if self._broken:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except (OSError, ValueError) as exc:
+            self._broken = True
+            print(f"evloop_httpd: cannot write a log ({exc}); dropping it", file=sys.stderr)
+
+    def close(self) -> None:
+        self.flush()
+        if self._owned:
+            self._file.close()
+
+
+class Logs:
+    """Implements the connection's ``Observer`` and the reactor's own messages."""
+
+    def __init__(self, config: Config, stderr: TextIO | None = None) -> None:
+        err = stderr if stderr is not None else sys.stderr
+        self._err = _Sink(err, owned=False)
+        self._access = None if config.quiet else self._err
+        self._trace = config.trace
+        self._csv: _Sink | None = None
+        self._csv_rows = io.StringIO()
+        self._csv_writer = csv.writer(self._csv_rows, lineterminator="\n")
+        self._heads: _Sink | None = None
+        if config.stats_csv is not None:
+            self._csv = _open(config.stats_csv)
+            if config.stats_csv.stat().st_size == 0:
+                self._csv_writer.writerow(_CSV_HEADER)
+                self._take_csv()
+        if config.response_log is not None:
+            self._heads = _open(config.response_log)
+
+    # Observer
+
+    def transition(self, conn: Connection, old: ConnState, inp: Input, new: ConnState) -> None:
+        interest = _INTEREST_NAMES[INTEREST[new]]
+        self._err.add(
+            f"trace #{conn.ident} {old.name} --{inp.name}--> {new.name} (wait for {interest})\n"
+        )
+
+    def response_head(self, conn: Connection, head: bytes) -> None:
+        if self._heads is None:
+            return
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._heads.add(f"# {stamp} #{conn.ident} {_addr(conn.peer)}\n")
+        self._heads.add(head.decode("latin-1").replace("\r\n", "\n"))
+
+    def request_done(self, conn: Connection) -> None:
+        req = conn.request
+        if req is not None:
+            method = req.method.decode("ascii")
+            url = _printable(req.raw_target)
+            line = f"{method} {url} HTTP/{req.http_version.decode('ascii')}"
+        else:
+            method, url, line = "-", "-", "-"
+        if self._access is not None:
+            stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+            self._access.add(f'{conn.peer[0]} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
+        if self._csv is not None:
+            self._csv_writer.writerow(
+                [
+                    conn.local[0],
+                    conn.local[1],
+                    conn.peer[0],
+                    conn.peer[1],
+                    method,
+                    url,
+                    conn.status,
+                    conn.sent,
+                ]
+            )
+            self._take_csv()
+
+    def bug(self, conn: Connection, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(exc))
+        self._err.add(f"evloop_httpd: bug on connection #{conn.ident} {_addr(conn.peer)}:\n{text}")
+
+    # The reactor's messages
+
+    def info(self, text: str) -> None:
+        self._err.add(text + "\n")
+
+    def debug(self, text: str) -> None:
+        if self._trace:
+            self._err.add(f"debug {text}\n")
+
+    def flush(self) -> None:
+        self._err.flush()
+        if self._csv is not None:
+            self._csv.flush()
+        if self._heads is not None:
+            self._heads.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for sink in (self._csv, self._heads):
+            if sink is not None:
+                sink.close()
+
+    def _take_csv(self) -> None:
+        assert self._csv is not None
+        self._csv.add(self._csv_rows.getvalue())
+        self._csv_rows.seek(0)
+        self._csv_rows.truncate()
+
+
+def _open(path: Path) -> _Sink:
+    return _Sink(open(path, "a", encoding="utf-8", newline=""), owned=True)
+
+
+def _addr(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

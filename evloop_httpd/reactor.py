@@ -1,0 +1,386 @@
+"""The event loop: one ``selectors`` selector, non-blocking sockets, one timer heap.
+
+Theory of operation
+-------------------
+This module is the only one that calls ``select``, ``accept``, ``recv``, ``send``, ``sendfile``
+or ``close`` on a socket. Everything it knows about HTTP it asks the :class:`Connection`: which
+state it is in, what to send next, and what to wait for (``conn.interest``).
+
+One pass of the loop: wait in ``select`` until a socket is ready or the earliest deadline comes;
+serve each ready socket; fire the timers that are due; flush the logs. Serving a socket is:
+
+1. ``recv`` once, if the connection is reading, and hand the bytes over;
+2. *pump*: while the connection has something to send, ``send``/``sendfile`` it right away.
+   Registering for write and waiting a whole loop pass for it would cost a round trip for
+   nothing: a socket is almost always writable. Only what the kernel refuses (``EAGAIN``) waits.
+   The pump stops after a fixed budget of calls, so one fast client downloading a large file,
+   or sending a deep pipeline, cannot keep the loop from everyone else;
+3. *settle*: close the socket if the connection closed, otherwise call ``modify`` only if the
+   interest changed, and re-arm the timer only if the deadline moved earlier.
+
+Timers are a heap with at most one live entry per connection (``conn.timer_at``). A deadline
+that moves later, which is what activity does, costs nothing: when the stale entry fires, it is
+pushed again at the new deadline. So each event costs O(1) or O(log n), never a scan of all
+connections.
+
+Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails for lack of file
+descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the
+kernel's backlog until a connection closes (or, for EMFILE, a short back-off passes), instead of
+the loop spinning on a listener it cannot serve.
+
+Errors: ``EAGAIN`` means wait. A reset or broken pipe aborts that connection, logged at debug
+level. Exceptions inside a connection's HTTP logic are caught by the connection; anything that
+still escapes while serving one socket is a bug, logged, and only that connection is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import heapq
+import itertools
+import os
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from .config import Config
+from .connection import READ, WRITE, Connection, ConnState, Context
+from .log import Logs
+
+assert selectors.EVENT_READ == READ and selectors.EVENT_WRITE == WRITE
+
+RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its head limit
+SENDFILE_CHUNK = 1024 * 1024  # per sendfile call: large enough to keep the kernel busy
+FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
+PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
+ACCEPT_BATCH = 64  # accepts per wake-up of the listener
+EMFILE_BACKOFF_S = 0.1
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_SENDFILE_UNSUPPORTED = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
+)
+_OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+_LISTENER = object()
+_WAKER = object()
+S = ConnState
+
+
+class Server:
+    """Listens on one address and serves connections until :meth:`request_stop`."""
+
+    def __init__(self, config: Config, logs: Logs | None = None) -> None:
+        self.config = config
+        self.logs = logs if logs is not None else Logs(config)
+        self.ctx = Context(config, self.logs)
+        self.sel = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self.address: tuple = ("", 0)
+        self.count = 0  # open connections
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._accepting = False
+        self._accept_resume_at: float | None = None
+        self._stop_requested = False
+        self._shutdown_deadline: float | None = None
+        self._local_is_wildcard = False
+        self._waker_r, self._waker_w = socket.socketpair()
+        for s in (self._waker_r, self._waker_w):
+            s.setblocking(False)
+        self.sel.register(self._waker_r, selectors.EVENT_READ, _WAKER)
+
+    # Set-up and tear-down
+
+    def bind(self) -> tuple:
+        """Create the listening socket. Returns the bound (host, port, ...)."""
+        host = self.config.host
+        infos = socket.getaddrinfo(
+            host, self.config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        family, _, proto, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(addr)
+            sock.listen(socket.SOMAXCONN)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.listener = sock
+        self.address = sock.getsockname()
+        self._local_is_wildcard = self.address[0] in ("0.0.0.0", "::")
+        self._resume_accepting()
+        return self.address
+
+    def wakeup_fd(self) -> int:
+        """A descriptor for ``signal.set_wakeup_fd``: a signal then wakes the selector."""
+        return self._waker_w.fileno()
+
+    def request_stop(self) -> None:
+        """Begin a graceful stop (safe to call from a signal handler)."""
+        self._stop_requested = True
+        with contextlib.suppress(OSError):
+            self._waker_w.send(b"\0")
+
+    def close(self) -> None:
+        for key in list(self.sel.get_map().values()):
+            if isinstance(key.data, Connection):
+                key.data.abort()
+                self._close(key.data)
+        self._stop_accepting()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.sel.unregister(self._waker_r)
+        self._waker_r.close()
+        self._waker_w.close()
+        self.sel.close()
+        self.logs.close()
+
+    # The loop
+
+    def serve_forever(self, on_iteration: Callable[[], None] | None = None) -> None:
+        """Run until a stop is requested and every in-flight response has finished."""
+        try:
+            while True:
+                now = time.monotonic()
+                if self._stop_requested and self._shutdown_deadline is None:
+                    self._begin_shutdown(now)
+                if self._shutdown_deadline is not None and (
+                    self.count == 0 or now >= self._shutdown_deadline
+                ):
+                    break
+                events = self.sel.select(self._next_timeout(now))
+                now = time.monotonic()
+                self.ctx.date.update(time.time())
+                for key, mask in events:
+                    data = key.data
+                    if data is _LISTENER:
+                        self._accept(now)
+                    elif data is _WAKER:
+                        self._drain_waker()
+                    else:
+                        self._serve(data, mask, now)
+                self._run_timers(now)
+                self.logs.flush()
+                if on_iteration is not None:
+                    on_iteration()
+        finally:
+            self.close()
+
+    def _next_timeout(self, now: float) -> float | None:
+        candidates = []
+        if self._timers:
+            candidates.append(self._timers[0][0])
+        if self._accept_resume_at is not None:
+            candidates.append(self._accept_resume_at)
+        if self._shutdown_deadline is not None:
+            candidates.append(self._shutdown_deadline)
+        if not candidates:
+            return None
+        return max(0.0, min(candidates) - now)
+
+    def _drain_waker(self) -> None:
+        try:
+            while self._waker_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    # Accepting
+
+    def _accept(self, now: float) -> None:
+        listener = self.listener
+        assert listener is not None
+        for _ in range(ACCEPT_BATCH):
+            if self.count >= self.config.max_connections:
+                self.logs.debug("connection cap reached; pausing accept")
+                self._stop_accepting()
+                return
+            try:
+                sock, addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _OUT_OF_FDS:
+                    self.logs.info(f"evloop_httpd: accept failed ({exc.strerror}); backing off")
+                    self._stop_accepting()
+                    self._accept_resume_at = now + EMFILE_BACKOFF_S
+                    return
+                # ECONNABORTED and friends: that client gave up; the next may not have.
+                self.logs.debug(f"accept: {exc}")
+                continue
+            self._add(sock, addr, now)
+
+    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            local = sock.getsockname() if self._local_is_wildcard else self.address
+        except OSError:
+            sock.close()
+            return
+        conn = Connection(self.ctx, now, addr, local, next(self._ids))
+        conn.sock = sock
+        conn.events = selectors.EVENT_READ
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self.count += 1
+        self._arm(conn)
+        if self.ctx.trace:
+            self.logs.debug(f"#{conn.ident} accepted from {addr[0]}:{addr[1]}")
+
+    def _stop_accepting(self) -> None:
+        if self._accepting and self.listener is not None:
+            self.sel.unregister(self.listener)
+            self._accepting = False
+
+    def _resume_accepting(self) -> None:
+        self._accept_resume_at = None
+        if not self._accepting and self.listener is not None and self._shutdown_deadline is None:
+            self.sel.register(self.listener, selectors.EVENT_READ, _LISTENER)
+            self._accepting = True
+
+    # Serving one connection
+
+    def _serve(self, conn: Connection, mask: int, now: float) -> None:
+        try:
+            if mask & selectors.EVENT_READ and conn.interest & READ:
+                self._read(conn, now)
+            self._pump(conn, now)
+        except Exception as exc:  # a bug outside the connection's own guard: drop only this one
+            self.logs.bug(conn, exc)
+            conn.abort()
+        self._settle(conn)
+
+    def _read(self, conn: Connection, now: float) -> None:
+        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.logs.debug(f"#{conn.ident} recv: {exc}")
+            conn.abort()
+            return
+        conn.receive(data, now)
+
+    def _pump(self, conn: Connection, now: float) -> None:
+        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        for _ in range(PUMP_BUDGET):
+            state = conn.state
+            try:
+                if state is S.STREAMING_FILE and not conn.out:
+                    conn.streamed(self._send_file(conn, sock), now)
+                elif conn.out and (
+                    state is S.WRITING_HEADERS
+                    or state is S.WRITING_CONTINUE
+                    or state is S.STREAMING_FILE
+                ):
+                    out = conn.out if conn.out_pos == 0 else memoryview(conn.out)[conn.out_pos :]
+                    # MSG_MORE: let the kernel put the head and the file's first bytes in one
+                    # segment; the sendfile that follows pushes them out.
+                    n = sock.send(out, _MSG_MORE if conn.file_remaining else 0)
+                    conn.wrote(n, now)
+                else:
+                    return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.logs.debug(f"#{conn.ident} send: {exc}")
+                conn.abort()
+                return
+
+    def _send_file(self, conn: Connection, sock: socket.socket) -> int:
+        count = min(conn.file_remaining, SENDFILE_CHUNK)
+        if conn.use_sendfile:
+            try:
+                return os.sendfile(sock.fileno(), conn.file_fd, conn.file_offset, count)
+            except OSError as exc:
+                # Fall back only before the first byte: switching mid-file could repeat or skip.
+                if exc.errno not in _SENDFILE_UNSUPPORTED or conn.phase_bytes:
+                    raise
+                conn.use_sendfile = False
+        data = os.pread(conn.file_fd, min(count, FALLBACK_CHUNK), conn.file_offset)
+        return sock.send(data) if data else 0
+
+    def _settle(self, conn: Connection) -> None:
+        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        if conn.state is S.CLOSED:
+            self._close(conn)
+            return
+        if conn.state is S.LINGERING and not conn.shut_wr:
+            # Our response is complete: send FIN, then drain until the client closes.
+            conn.shut_wr = True
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                conn.abort()
+                self._close(conn)
+                return
+        want = conn.interest
+        if want != conn.events:
+            self.sel.modify(sock, want, conn)
+            conn.events = want
+        self._arm(conn)
+
+    def _close(self, conn: Connection) -> None:
+        sock: socket.socket | None = conn.sock  # type: ignore[assignment]
+        if sock is None:
+            return
+        conn.sock = None
+        self.sel.unregister(sock)
+        sock.close()
+        self.count -= 1
+        if self.count < self.config.max_connections and self._accept_resume_at is None:
+            self._resume_accepting()
+
+    # Timers
+
+    def _arm(self, conn: Connection) -> None:
+        if conn.deadline < conn.timer_at:
+            conn.timer_at = conn.deadline
+            heapq.heappush(self._timers, (conn.deadline, next(self._seq), conn))
+
+    def _run_timers(self, now: float) -> None:
+        timers = self._timers
+        if self._accept_resume_at is not None and now >= self._accept_resume_at:
+            self._resume_accepting()
+        while timers and timers[0][0] <= now:
+            at, _, conn = heapq.heappop(timers)
+            if conn.sock is None or at != conn.timer_at:
+                continue  # closed, or superseded by an earlier entry
+            conn.timer_at = float("inf")
+            if conn.deadline > now:
+                self._arm(conn)
+                continue
+            conn.on_timeout(now)
+            try:
+                self._pump(conn, now)
+            except Exception as exc:
+                self.logs.bug(conn, exc)
+                conn.abort()
+            self._settle(conn)
+
+    # Graceful stop
+
+    def _begin_shutdown(self, now: float) -> None:
+        self._shutdown_deadline = now + self.config.timeouts.shutdown_s
+        self.ctx.stopping = True
+        self._stop_accepting()
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        for key in list(self.sel.get_map().values()):
+            conn = key.data
+            if not isinstance(conn, Connection):
+                continue
+            # Nothing promised yet (idle, or still sending us a request): drop. A half-received
+            # PUT is aborted, which removes its temp file.
+            if conn.state in (S.READING_HEADERS, S.READING_BODY, S.WRITING_CONTINUE):
+                conn.abort()
+                self._close(conn)
+        self.logs.flush()

@@ -258,6 +258,31 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return reader.last_status, body
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of ``pid`` and its threads, from /proc/PID/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(pid: int, max_s: float = 10.0, busy_fraction: float = 0.1) -> float:
+    """Wait until ``pid`` uses under ``busy_fraction`` of a CPU; return the seconds waited.
+
+    After the idle scenario closes N connections, a server may need a while to notice all the
+    EOFs (http.server has N threads to wake and end); a load started meanwhile would measure
+    that clean-up, not the server.
+    """
+    start = time.monotonic()
+    window_s = 0.2
+    with contextlib.suppress(OSError):
+        while time.monotonic() - start < max_s:
+            used = cpu_seconds(pid)
+            time.sleep(window_s)
+            if cpu_seconds(pid) - used < busy_fraction * window_s:
+                break
+    return time.monotonic() - start
+
+
 def vm_rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB, from /proc (the kernel's own accounting)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -508,10 +533,12 @@ def raise_fd_limit(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def estimate_seconds(n_servers: int, rounds: int, duration: float, idle: int) -> float:
+def estimate_seconds(
+    n_servers: int, rounds: int, duration: float, idle: int, n_loads: int
+) -> float:
     start_s = 1.5  # start, readiness, verification of three files
-    idle_s = 1.5 + idle / 3000 + 0.5  # observed opening rate on this class of machine
-    load_s = len(SCENARIOS) * (max(1, round(duration)) + 0.7)
+    idle_s = 1.5 + idle / 3000 + 0.5 if idle else 0.0  # observed opening rate here
+    load_s = n_loads * (max(1, round(duration)) + 0.7)
     return n_servers * rounds * (start_s + idle_s + load_s)
 
 
@@ -547,7 +574,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         idle = max(0, fd_limit - 256)
         print(f"RLIMIT_NOFILE is {fd_limit}: idle connections reduced to {idle}")
 
-    estimate = estimate_seconds(len(specs), args.rounds, args.duration, idle)
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5:
+        # Two cores and both are ours: anything else running shifts every figure.
+        print(f"warning: load average {load_before:.1f} before start; figures will be noisy")
+    if "idle" not in args.scenarios:
+        idle = 0
+    estimate = estimate_seconds(len(specs), args.rounds, args.duration, idle, len(args.loads))
     budget = args.budget if args.budget else 2 * estimate + 60
     print(
         f"servers: {', '.join(s.name for s in specs) or 'none'}; rounds {args.rounds}; "
@@ -593,6 +626,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "idle_connections": idle,
             "pipeline_depth": PIPELINE_DEPTH,
             "elapsed_s": round(time.monotonic() - started, 1),
+            "loadavg_before": round(load_before, 2),
+            "loadavg_after": round(os.getloadavg()[0], 2),
         },
         "servers": [s.name for s in specs],
         "skipped": skipped,
@@ -620,8 +655,13 @@ def run_server(
             for key, m in measure_idle(server.proc.pid, server.port, idle, args.probes).items():
                 results[key] = m.__dict__
             m = results["idle_bytes_per_conn"]
-            print(f"  idle: {_fmt(m['value'], 'B/conn')} B/conn, {m['note']}", flush=True)
-        for scenario in SCENARIOS:
+            settled = wait_quiet(server.proc.pid)
+            print(
+                f"  idle: {_fmt(m['value'], 'B/conn')} B/conn, {m['note']}; "
+                f"settled in {settled:.1f} s",
+                flush=True,
+            )
+        for scenario in args.loads:
             if server.proc.poll() is not None:
                 raise RuntimeError(f"server died:\n{server.log_tail()}")
             m = measure_load(scenario, server.port, args.duration, use_wrk, work, client_cpu)
@@ -634,19 +674,22 @@ def run_server(
 # --- reporting -----------------------------------------------------------------------------
 
 
-def metric_rows() -> list[tuple[str, str, str]]:
-    rows = [(s.key, s.title, s.unit) for s in SCENARIOS]
-    return rows + list(IDLE_METRICS)
+def metric_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(key, title, unit) of every metric some round measured, failed ones included."""
+    measured = {key for r in report["rounds"] for metrics in r.values() for key in metrics}
+    rows = [(s.key, s.title, s.unit) for s in SCENARIOS] + list(IDLE_METRICS)
+    return [row for row in rows if row[0] in measured]
 
 
 def summarize(report: dict[str, Any]) -> None:
     """Add medians, spreads, ratios and target checks to ``report`` in place."""
+    rows = metric_rows(report)
     medians: dict[str, dict[str, float | None]] = {}
     spreads: dict[str, dict[str, float | None]] = {}
     for server in report["servers"]:
         medians[server] = {}
         spreads[server] = {}
-        for key, _, _ in metric_rows():
+        for key, _, _ in rows:
             values = [
                 r[server][key]["value"]
                 for r in report["rounds"]
@@ -657,7 +700,7 @@ def summarize(report: dict[str, Any]) -> None:
             spreads[server][key] = (
                 (max(values) - min(values)) / abs(med) if med and len(values) > 1 else None
             )
-    report["metrics"] = [{"key": k, "title": t, "unit": u} for k, t, u in metric_rows()]
+    report["metrics"] = [{"key": k, "title": t, "unit": u} for k, t, u in rows]
     report["medians"] = medians
     report["spreads"] = spreads
     ratios: dict[str, dict[str, float | None]] = {}
@@ -666,8 +709,7 @@ def summarize(report: dict[str, Any]) -> None:
             if ref == OURS:
                 continue
             ratios[ref] = {
-                key: _ratio(medians[OURS].get(key), medians[ref].get(key))
-                for key, _, _ in metric_rows()
+                key: _ratio(medians[OURS].get(key), medians[ref].get(key)) for key, _, _ in rows
             }
     report["ratios"] = ratios
     report["targets"] = check_targets(medians, report["meta"]["idle_connections"])
@@ -685,7 +727,11 @@ def check_targets(medians: dict[str, dict[str, float | None]], idle: int) -> lis
         a, b = ours.get(key), medians.get(ref, {}).get(key)
         if OURS not in medians or ref not in medians or a is None or b is None:
             missing = OURS if OURS not in medians or a is None else ref
-            return {"target": text, "status": "n/a", "detail": f"no figure for {missing}"}
+            return {
+                "target": text,
+                "status": "n/a",
+                "detail": f"no figure for {missing} (not run or failed)",
+            }
         ratio = a / b
         status = "met" if ratio >= factor else "not met"
         return {"target": text, "status": status, "detail": f"{ratio:.2f}x", "ratio": ratio}
@@ -700,14 +746,18 @@ def check_targets(medians: dict[str, dict[str, float | None]], idle: int) -> lis
     pipe, keep = ours.get("small_pipelined"), ours.get("small_keepalive")
     text = "pipelined >= 2x our keep-alive"
     if pipe is None or keep is None:
-        targets.append({"target": text, "status": "n/a", "detail": f"no figure for {OURS}"})
+        targets.append(
+            {"target": text, "status": "n/a", "detail": f"no figure for {OURS} (not run or failed)"}
+        )
     else:
         status = "met" if pipe >= 2 * keep else "not met"
         targets.append({"target": text, "status": status, "detail": f"{pipe / keep:.2f}x"})
     mem, p99 = ours.get("idle_bytes_per_conn"), ours.get("idle_probe_p99_ms")
     text = "idle <= 1 KiB/conn at 10,000, probe p99 < 5 ms"
     if mem is None or p99 is None:
-        targets.append({"target": text, "status": "n/a", "detail": f"no figure for {OURS}"})
+        targets.append(
+            {"target": text, "status": "n/a", "detail": f"no figure for {OURS} (not run or failed)"}
+        )
     else:
         status = "met" if mem <= 1024 and p99 < 5.0 else "not met"
         detail = f"{mem:.0f} B/conn, p99 {p99:.2f} ms"
@@ -729,8 +779,8 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def print_tables(report: dict[str, Any]) -> None:
     servers: list[str] = report["servers"]
-    rows = metric_rows()
-    title_w = max(len(t) for _, t, _ in rows) + 9
+    rows = [(m["key"], m["title"], m["unit"]) for m in report["metrics"]]
+    title_w = max((len(t) for _, t, _ in rows), default=20) + 9
     col_w = 16
     print()
     print(
@@ -775,7 +825,11 @@ def print_tables(report: dict[str, Any]) -> None:
     ]
     for note in notes:
         print(f"note: {note}")
-    print(f"elapsed {report['meta']['elapsed_s']:.0f} s")
+    meta = report["meta"]
+    print(
+        f"elapsed {meta['elapsed_s']:.0f} s; load average {meta['loadavg_before']:.1f} before,"
+        f" {meta['loadavg_after']:.1f} after (the run itself adds about 2)"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -795,6 +849,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (3)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per load (5)")
     parser.add_argument("--idle", type=int, default=None, help="idle connections (5000)")
+    keys = [s.key for s in SCENARIOS] + ["idle"]
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=keys,
+        default=keys,
+        metavar="NAME",
+        help=f"scenarios to run, of: {' '.join(keys)}",
+    )
     parser.add_argument("--probes", type=int, default=PROBE_COUNT, help="probe GETs while idle")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
@@ -806,6 +869,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rounds = args.rounds if args.rounds is not None else (1 if quick else 3)
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 5.0)
     args.idle = args.idle if args.idle is not None else (1000 if quick else 5000)
+    args.loads = [s for s in SCENARIOS if s.key in args.scenarios]
     if args.rounds < 1 or args.duration <= 0 or args.idle < 0 or args.probes < 1:
         parser.error("--rounds, --duration and --probes must be positive, --idle non-negative")
     return args

@@ -35,9 +35,17 @@ from typing import Protocol
 
 from .config import Config
 from .errors import HttpError, bad_request
+from .fastpath import ResponseCache
 from .handler import Handler
 from .parser import ChunkedBody, FixedBody, Request, parse_head
-from .responses import CONTINUE, DateCache, Response, encode_head, error_response
+from .responses import (
+    CONTINUE,
+    DateCache,
+    Response,
+    assemble_head,
+    encode_middle,
+    error_response,
+)
 from .upload import Upload
 
 READ = 1  # selectors.EVENT_READ
@@ -127,11 +135,12 @@ class Observer(Protocol):
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("config", "date", "handler", "observer", "stopping", "trace")
+    __slots__ = ("cache", "config", "date", "handler", "observer", "stopping", "trace")
 
     def __init__(self, config: Config, observer: Observer) -> None:
         self.config = config
         self.handler = Handler(config)
+        self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
         self.date = DateCache()
         self.stopping = False
@@ -340,7 +349,13 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
-        plan = ctx.handler.begin(req, ctx.date.second)
+        cache = ctx.cache
+        key = cache.key(req)
+        plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        if plan is None:
+            plan = ctx.handler.begin(req, ctx.date.second)
+            if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:
+                cache.store(key, plan, now)
         if isinstance(plan, Response):
             self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
             return
@@ -375,9 +390,10 @@ class Connection:
             and not ctx.stopping
             and (body_read or not req.has_body)
         )
-        head = encode_head(
-            resp.status, resp.headers, ctx.date.value, keep, ctx.config.extra_headers
-        )
+        middle = resp.middle
+        if middle is None:
+            middle = encode_middle(resp.headers, ctx.config.extra_headers)
+        head = assemble_head(resp.status, middle, ctx.date.value, keep)
         ctx.observer.response_head(self, head)
         self.keep_alive = keep
         self.status = resp.status

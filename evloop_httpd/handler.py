@@ -124,43 +124,63 @@ class Handler:
         elif found.trailing_slash:
             raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
         fd, st = open_regular(real)
+        fd, st, coding, vary = self._pick_variant(req, real, fd, st)
+        sent = False
         try:
-            return self._serve_file(req, real, fd, st, int(wall), head_only)
-        except BaseException:
-            os.close(fd)
-            raise
+            resp = self._serve_file(req, real, fd, st, coding, vary, int(wall), head_only)
+            sent = resp.file_fd >= 0
+            return resp
+        finally:
+            if not sent:  # a 304, a HEAD, or a refusal: the connection will not close it
+                os.close(fd)
+
+    def _pick_variant(
+        self, req: Request, real: str, fd: int, st: os.stat_result
+    ) -> tuple[int, os.stat_result, bytes, list[tuple[bytes, bytes]]]:
+        """Swap the open original for a precompressed sidecar when the client accepts one.
+
+        Returns the descriptor to serve (the other one is closed), its stat, the content coding
+        (``b""`` for identity) and the Vary header to send.
+        """
+        cfg = self.config
+        if not cfg.precompressed:
+            return fd, st, b"", []
+        found = [
+            (c, path)
+            for c, suffix in SIDECARS
+            if (
+                path := sidecar(
+                    self.root_real, real, suffix, st, follow_symlinks=cfg.follow_symlinks
+                )
+            )
+        ]
+        if not found:
+            return fd, st, b"", []
+        # Every variant says it depends on Accept-Encoding, the identity one included, or a
+        # cache could hand the identity bytes to a client that asked for br, or the reverse.
+        vary = [(b"Vary", b"Accept-Encoding")]
+        chosen = choose_coding(req.get(b"accept-encoding"), [c for c, _ in found])
+        if chosen is None:
+            return fd, st, b"", vary
+        try:
+            side_fd, side_st = open_regular(dict(found)[chosen])
+        except HttpError:
+            return fd, st, b"", vary  # vanished or unreadable since the stat: the original will do
+        os.close(fd)
+        return side_fd, side_st, chosen, vary
 
     def _serve_file(
-        self, req: Request, real: str, fd: int, st: os.stat_result, wall: int, head_only: bool
+        self,
+        req: Request,
+        real: str,
+        fd: int,
+        st: os.stat_result,
+        coding: bytes,
+        vary: list[tuple[bytes, bytes]],
+        wall: int,
+        head_only: bool,
     ) -> Response:
-        """The 200, 206, 304, 412 or 416 for an open file. Closes ``fd`` unless it is sent."""
-        cfg = self.config
-        coding = b""
-        vary: list[tuple[bytes, bytes]] = []
-        if cfg.precompressed:
-            found = [
-                (c, path)
-                for c, suffix in SIDECARS
-                if (
-                    path := sidecar(
-                        self.root_real, real, suffix, st, follow_symlinks=cfg.follow_symlinks
-                    )
-                )
-            ]
-            if found:
-                # Every variant says it depends on Accept-Encoding, the identity one included,
-                # or a cache could hand the identity bytes to a client that asked for br.
-                vary.append((b"Vary", b"Accept-Encoding"))
-                chosen = choose_coding(req.get(b"accept-encoding"), [c for c, _ in found])
-                if chosen is not None:
-                    path = dict(found)[chosen]
-                    try:
-                        side_fd, side_st = open_regular(path)
-                    except HttpError:
-                        pass  # vanished or unreadable since the stat: the original will do
-                    else:
-                        os.close(fd)
-                        fd, st, coding = side_fd, side_st, chosen
+        """The 200, 206 or 304 for an open file (or 412, 416 raised). Never closes ``fd``."""
         etag = strong_etag(st, coding)
         last_modified = int(min(st.st_mtime, wall))
         validators = [(b"ETag", etag), (b"Last-Modified", http_date(last_modified))]
@@ -169,7 +189,6 @@ class Handler:
             raise _precondition_failed()
         if outcome is Outcome.NOT_MODIFIED:
             # RFC 9110 §15.4.5: the validators and Vary a 200 would carry, and no content.
-            os.close(fd)
             return Response(HTTPStatus.NOT_MODIFIED, validators + vary)
         ctype = content_type(real)  # the original's type, whatever the coding
         headers = [(b"Content-Type", ctype), *validators, (b"Accept-Ranges", b"bytes"), *vary]
@@ -192,7 +211,6 @@ class Handler:
         if ranges is None:
             headers.append((b"Content-Length", b"%d" % size))
             if head_only:
-                os.close(fd)
                 return Response(HTTPStatus.OK, headers)
             return Response(HTTPStatus.OK, headers, file_fd=fd, spans=[(b"", 0, size)])
         if len(ranges) == 1:

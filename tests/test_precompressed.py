@@ -147,3 +147,28 @@ def test_sendfile_off_serves_variant(site: Path) -> None:
     with running(site, use_sendfile=False) as srv:
         reply = request(srv.port, get("/app.js", ae("gzip")))
         assert gzip.decompress(reply.body) == JS
+
+
+def test_refused_and_bodyless_variant_responses_leak_no_descriptor(site: Path) -> None:
+    # History: a 412 on a sidecar variant closed the original's descriptor a second time and
+    # leaked the sidecar's.
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    with running(site) as srv:
+        etag = request(srv.port, get("/app.js", ae("br"))).header("ETag")
+        before = open_fds()
+        for _ in range(40):
+            assert request(srv.port, get("/app.js", ae("br") + 'If-Match: "x"\r\n')).status == 412
+            assert (
+                request(srv.port, get("/app.js", ae("br") + f"If-None-Match: {etag}\r\n")).status
+                == 304
+            )
+            assert (
+                request(srv.port, get("/app.js", ae("br") + "Range: bytes=99999-\r\n")).status
+                == 416
+            )
+            head = request(srv.port, get("/app.js", ae("br"), method="HEAD"), head_request=True)
+            assert head.status == 200
+        assert open_fds() <= before + 5
+        assert request(srv.port, get("/app.js", ae("gzip"))).header("Content-Encoding") == "gzip"

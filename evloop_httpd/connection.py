@@ -112,6 +112,7 @@ INTEREST: dict[ConnState, int] = {
 
 # States in which nothing of the current response has gone out, so an error can still be sent.
 _CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
+_MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})
 
 
 class Observer(Protocol):
@@ -171,6 +172,7 @@ class Connection:
         "sock",
         "timer_at",
         "use_sendfile",
+        "reset",
     )
 
     def __init__(
@@ -209,6 +211,7 @@ class Connection:
         self.timer_at = float("inf")
         self.shut_wr = False
         self.use_sendfile = ctx.config.use_sendfile
+        self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
 
     @property
     def interest(self) -> int:
@@ -443,6 +446,9 @@ class Connection:
             new = S.CLOSED
         self.state = new
         if new is S.CLOSED:
+            # A response cut short must not look like a clean end of stream to the client, and
+            # its unsent bytes should not linger in the kernel: tell the reactor to reset.
+            self.reset = old in _MID_RESPONSE or old is S.READING_BODY
             self._release()
         if self.ctx.trace:
             self.ctx.observer.transition(self, old, inp, new)

@@ -53,6 +53,10 @@ WRITE = 2  # selectors.EVENT_WRITE
 
 
 class ConnState(Enum):
+    # Members are singletons, so identity hashing is exact, and it runs in C: Enum's own
+    # __hash__ is Python code, and the transition table is consulted several times a request.
+    __hash__ = object.__hash__
+
     READING_HEADERS = "reading headers"
     WRITING_CONTINUE = "writing 100 Continue"
     READING_BODY = "reading body"
@@ -63,6 +67,8 @@ class ConnState(Enum):
 
 
 class Input(Enum):
+    __hash__ = object.__hash__
+
     HEAD_COMPLETE = "head complete, response ready"
     CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
     BODY_EXPECTED = "head complete, body follows"

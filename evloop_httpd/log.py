@@ -108,6 +108,8 @@ class Logs:
         self._heads.add(head.decode("latin-1").replace("\r\n", "\n"))
 
     def request_done(self, conn: Connection) -> None:
+        if self._access is None and self._csv is None:
+            return
         req = conn.request
         if req is not None:
             method = req.method.decode("ascii")

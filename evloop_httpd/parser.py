@@ -304,7 +304,7 @@ def _framing(
     length = int(value) if len(value) <= 18 else limits.max_upload_bytes + 1
     if length > limits.max_upload_bytes:
         raise HttpError(
-            HTTPStatus.CONTENT_TOO_LARGE,
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"body over the {limits.max_upload_bytes}-byte limit",
             close=True,
         )
@@ -428,7 +428,7 @@ class ChunkedBody:
         self.total += size
         if self.total > self._limits.max_upload_bytes:
             raise HttpError(
-                HTTPStatus.CONTENT_TOO_LARGE,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"body over the {self._limits.max_upload_bytes}-byte limit",
                 close=True,
             )

@@ -23,8 +23,22 @@ TEXT_PLAIN = b"text/plain; charset=utf-8"
 # RFC 9110 §6.4.1: these never carry content.
 _NO_CONTENT = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
 
+# RFC 9110 §15 renamed a few reason phrases; Python 3.11's HTTPStatus still has the old ones.
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def reason(status: int) -> str:
+    """The RFC 9110 reason phrase for ``status``."""
+    return _RFC9110_PHRASES.get(status) or HTTPStatus(status).phrase
+
+
 _STATUS_LINES: dict[int, bytes] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
+    s.value: f"HTTP/1.1 {s.value} {reason(s.value)}\r\n".encode("ascii") for s in HTTPStatus
 }
 
 
@@ -86,7 +100,7 @@ def error_response(err: HttpError, *, head_only: bool = False) -> Response:
     status = err.status
     if status in _NO_CONTENT:
         return Response(status, list(err.headers), close=err.close)
-    text = f"{status.value} {status.phrase}\n"
+    text = f"{status.value} {reason(status.value)}\n"
     if err.detail:
         text += f"{err.detail}\n"
     resp = text_response(status, text, head_only=head_only, close=err.close)

@@ -358,8 +358,10 @@ class Connection:
             upload.write(data)
             self._progress(len(data), now)
         if done:
-            self.body = self.upload = None
+            # Keep owning the upload until it is committed: if committing raises anything,
+            # _fail still finds it and unlinks the temp file.
             resp = self.ctx.handler.finish_upload(upload, req)
+            self.body = self.upload = None
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 
     def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:

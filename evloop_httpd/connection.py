@@ -470,10 +470,7 @@ class Connection:
         self.trailer = b""
 
     def _release(self) -> None:
-        if self.status:
-            # A response was under way: log what the client actually got.
-            self.ctx.observer.request_done(self)
-            self.status = 0
+        # Descriptors and temp files first: if logging below raises, nothing leaks.
         self._close_file()
         if self.upload is not None:
             self.upload.abort()
@@ -481,3 +478,9 @@ class Connection:
         self.body = None
         self.out = b""
         self.inbuf = bytearray()
+        if self.status:
+            # A response was under way: log what the client actually got.
+            try:
+                self.ctx.observer.request_done(self)
+            finally:
+                self.status = 0

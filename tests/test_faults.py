@@ -342,3 +342,33 @@ def test_real_permission_errors(tmp_path: Path) -> None:
         assert proc.returncode == 0
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+class _RaisingObserver:
+    def transition(self, *args: object) -> None:
+        pass
+
+    def response_head(self, *args: object) -> None:
+        pass
+
+    def request_done(self, conn: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    def bug(self, *args: object) -> None:
+        pass
+
+
+def test_release_frees_the_file_even_if_logging_fails(www: Path) -> None:
+    # History: at EMFILE, the access log's lazy codec import raised inside _release before the
+    # file descriptor was closed, leaking one descriptor per aborted response.
+    from evloop_httpd.connection import Connection, ConnState, Context
+
+    conn = Connection(Context(make_config(www), _RaisingObserver()), 0.0)  # type: ignore[arg-type]
+    conn.receive(get("/data.bin"), 0.0)
+    fd = conn.file_fd
+    assert fd >= 0 and conn.state is ConnState.WRITING_HEADERS
+    with pytest.raises(OSError):
+        conn.abort()
+    assert conn.state is ConnState.CLOSED
+    with pytest.raises(OSError):
+        os.fstat(fd)

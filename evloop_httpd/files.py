@@ -125,6 +125,15 @@ def os_error_to_http(exc: OSError) -> HttpError:
         return HttpError(HTTPStatus.FORBIDDEN, "permission denied")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
         return HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        # Out of descriptors is the server's load, not the client's fault, and passes: closing
+        # this connection frees one.
+        return HttpError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "server busy, try again",
+            close=True,
+            headers=((b"Retry-After", b"1"),),
+        )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HttpError(HTTPStatus.INSUFFICIENT_STORAGE, "no space left on the server", close=True)
     return HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "filesystem error", close=True)

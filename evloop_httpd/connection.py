@@ -35,9 +35,17 @@ from typing import Protocol
 
 from .config import Config
 from .errors import HttpError, bad_request
+from .fastpath import ResponseCache
 from .handler import Handler
 from .parser import ChunkedBody, FixedBody, Request, parse_head
-from .responses import CONTINUE, DateCache, Response, encode_head, error_response
+from .responses import (
+    CONTINUE,
+    DateCache,
+    Response,
+    assemble_head,
+    encode_middle,
+    error_response,
+)
 from .upload import Upload
 
 READ = 1  # selectors.EVENT_READ
@@ -45,6 +53,10 @@ WRITE = 2  # selectors.EVENT_WRITE
 
 
 class ConnState(Enum):
+    # Members are singletons, so identity hashing is exact, and it runs in C: Enum's own
+    # __hash__ is Python code, and the transition table is consulted several times a request.
+    __hash__ = object.__hash__
+
     READING_HEADERS = "reading headers"
     WRITING_CONTINUE = "writing 100 Continue"
     READING_BODY = "reading body"
@@ -55,6 +67,8 @@ class ConnState(Enum):
 
 
 class Input(Enum):
+    __hash__ = object.__hash__
+
     HEAD_COMPLETE = "head complete, response ready"
     CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
     BODY_EXPECTED = "head complete, body follows"
@@ -112,6 +126,7 @@ INTEREST: dict[ConnState, int] = {
 
 # States in which nothing of the current response has gone out, so an error can still be sent.
 _CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
+_MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})
 
 
 class Observer(Protocol):
@@ -126,11 +141,12 @@ class Observer(Protocol):
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("config", "date", "handler", "observer", "stopping", "trace")
+    __slots__ = ("cache", "config", "date", "handler", "observer", "stopping", "trace")
 
     def __init__(self, config: Config, observer: Observer) -> None:
         self.config = config
         self.handler = Handler(config)
+        self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
         self.date = DateCache()
         self.stopping = False
@@ -171,6 +187,7 @@ class Connection:
         "sock",
         "timer_at",
         "use_sendfile",
+        "reset",
     )
 
     def __init__(
@@ -209,6 +226,7 @@ class Connection:
         self.timer_at = float("inf")
         self.shut_wr = False
         self.use_sendfile = ctx.config.use_sendfile
+        self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
 
     @property
     def interest(self) -> int:
@@ -337,7 +355,13 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
-        plan = ctx.handler.begin(req, ctx.date.second)
+        cache = ctx.cache
+        key = cache.key(req)
+        plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        if plan is None:
+            plan = ctx.handler.begin(req, ctx.date.second)
+            if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:
+                cache.store(key, plan, now)
         if isinstance(plan, Response):
             self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
             return
@@ -374,9 +398,10 @@ class Connection:
             and not ctx.stopping
             and (body_read or not req.has_body)
         )
-        head = encode_head(
-            resp.status, resp.headers, ctx.date.value, keep, ctx.config.extra_headers
-        )
+        middle = resp.middle
+        if middle is None:
+            middle = encode_middle(resp.headers, ctx.config.extra_headers)
+        head = assemble_head(resp.status, middle, ctx.date.value, keep)
         ctx.observer.response_head(self, head)
         self.keep_alive = keep
         self.status = resp.status
@@ -445,6 +470,9 @@ class Connection:
             new = S.CLOSED
         self.state = new
         if new is S.CLOSED:
+            # A response cut short must not look like a clean end of stream to the client, and
+            # its unsent bytes should not linger in the kernel: tell the reactor to reset.
+            self.reset = old in _MID_RESPONSE or old is S.READING_BODY
             self._release()
         if self.ctx.trace:
             self.ctx.observer.transition(self, old, inp, new)

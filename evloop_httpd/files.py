@@ -21,7 +21,8 @@ this order:
    symlink after the check does not help an attacker.
 
 Only regular files are served: the file is opened with ``O_NONBLOCK`` and checked with
-``fstat``, so a FIFO or device cannot stall the loop.
+``fstat``, so a FIFO or device cannot stall the loop. A precompressed sidecar (``foo.js.br``
+beside ``foo.js``) is found by :func:`sidecar` under the same rules as the file itself.
 """
 
 from __future__ import annotations
@@ -139,9 +140,36 @@ def os_error_to_http(exc: OSError) -> HttpError:
     return HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "filesystem error", close=True)
 
 
-def strong_etag(st: os.stat_result) -> bytes:
-    """A strong validator from identity, size and mtime in nanoseconds (stable across restarts)."""
+def strong_etag(st: os.stat_result, coding: bytes = b"") -> bytes:
+    """A strong validator from identity, size and mtime in nanoseconds (stable across restarts).
+
+    A precompressed variant gets its sidecar's own stat plus its coding, so it never shares an
+    ETag with the original or with another coding (RFC 9110 §8.8.3.3).
+    """
+    if coding:
+        return b'"%x-%x-%x-%s"' % (st.st_ino, st.st_size, st.st_mtime_ns, coding)
     return b'"%x-%x-%x"' % (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def sidecar(
+    root_real: str, real: str, suffix: str, original: os.stat_result, *, follow_symlinks: bool
+) -> str | None:
+    """The real path of a usable precompressed sidecar ``real + suffix``, or ``None``.
+
+    The sidecar passes the same checks as a requested file (resolved inside the root unless
+    ``--follow-symlinks``, a regular file) and must not be older than the original: a stale
+    sidecar would serve content that no longer matches the file the client asked for.
+    """
+    candidate = os.path.realpath(real + suffix)
+    if not follow_symlinks and not inside(root_real, candidate):
+        return None
+    try:
+        st = os.stat(candidate)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_mtime_ns < original.st_mtime_ns:
+        return None
+    return candidate
 
 
 # Types that browsers need right and that system mime.types files get wrong or lack. Anything

@@ -43,6 +43,7 @@ import itertools
 import os
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -65,6 +66,7 @@ _SENDFILE_UNSUPPORTED = frozenset(
 )
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _LISTENER = object()
 _WAKER = object()
 S = ConnState
@@ -335,6 +337,10 @@ class Server:
             return
         conn.sock = None
         self.sel.unregister(sock)
+        if conn.reset:
+            # SO_LINGER with a zero timeout: close() sends RST and drops unsent data at once.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.close()
         self.count -= 1
         if self.count < self.config.max_connections and self._accept_resume_at is None:

@@ -71,9 +71,13 @@ def flush_out(conn: Connection, now: float = 0.0) -> bytes:
     return sent
 
 
+BIG = bytes(range(256)) * 1024  # over fastpath.MAX_BODY_BYTES: streamed from the file
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     (tmp_path / "a.txt").write_bytes(b"alpha\n")
+    (tmp_path / "big.bin").write_bytes(BIG)
     return tmp_path
 
 
@@ -120,13 +124,24 @@ def test_every_state_is_reachable_and_can_close() -> None:
             assert (state, Input.ABORT) in TRANSITIONS
 
 
-def test_get_goes_through_headers_then_file_then_back(root: Path) -> None:
+def test_small_file_goes_out_with_its_head(root: Path) -> None:
     conn, rec = make(root)
     conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     assert conn.state is S.WRITING_HEADERS
+    assert conn.out.endswith(b"\r\n\r\nalpha\n")
+    assert conn.file_fd == -1
     wire = flush_out(conn)
     assert wire.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert wire.endswith(b"\r\n\r\nalpha\n")
+    assert [t[1] for t in rec.transitions] == [Input.HEAD_COMPLETE, Input.RESPONSE_DONE]
+
+
+def test_get_goes_through_headers_then_file_then_back(root: Path) -> None:
+    conn, rec = make(root)
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert conn.state is S.WRITING_HEADERS
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert wire.endswith(b"\r\n\r\n" + BIG)
     assert conn.state is S.READING_HEADERS
     path = [(old, inp, new) for old, inp, new in rec.transitions]
     assert path == [
@@ -225,12 +240,12 @@ def test_put_aborted_by_eof_leaves_nothing(root: Path) -> None:
     conn.abort()
     assert conn.state is S.CLOSED
     assert (root / "a.txt").read_bytes() == b"alpha\n"
-    assert sorted(p.name for p in root.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt", "big.bin"]
 
 
 def test_truncated_file_aborts_instead_of_finishing(root: Path) -> None:
     conn, _rec = make(root)
-    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     conn.wrote(len(conn.out), 0.0)
     assert conn.state is S.STREAMING_FILE
     conn.streamed(0, 0.0)  # sendfile hit end of file before the promised length

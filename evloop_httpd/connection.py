@@ -382,8 +382,10 @@ class Connection:
             upload.write(data)
             self._progress(len(data), now)
         if done:
-            self.body = self.upload = None
+            # Keep owning the upload until it is committed: if committing raises anything,
+            # _fail still finds it and unlinks the temp file.
             resp = self.ctx.handler.finish_upload(upload, req)
+            self.body = self.upload = None
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 
     def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:
@@ -496,10 +498,7 @@ class Connection:
         self.trailer = b""
 
     def _release(self) -> None:
-        if self.status:
-            # A response was under way: log what the client actually got.
-            self.ctx.observer.request_done(self)
-            self.status = 0
+        # Descriptors and temp files first: if logging below raises, nothing leaks.
         self._close_file()
         if self.upload is not None:
             self.upload.abort()
@@ -507,3 +506,9 @@ class Connection:
         self.body = None
         self.out = b""
         self.inbuf = bytearray()
+        if self.status:
+            # A response was under way: log what the client actually got.
+            try:
+                self.ctx.observer.request_done(self)
+            finally:
+                self.status = 0

@@ -10,7 +10,9 @@ this order:
    name that we are willing to serve.
 2. The decoded path is split on ``/``. A ``.`` or ``..`` segment, or a backslash, is refused with
    403. They are never collapsed: a client that sends them is confused or hostile, and silently
-   fixing the path is how servers end up serving what they should not.
+   fixing the path is how servers end up serving what they should not. So is a path that still
+   holds an encoded dot, slash, backslash or NUL after decoding (``%252e``): harmless here, but a
+   file with such a name is a trap for any proxy or script that decodes once more.
 3. A segment starting with ``.`` (``.git``, ``.env``, our own upload temp files) is hidden with a
    404 unless ``--dotfiles``; upload temp files stay hidden even then.
 4. The joined path is resolved with ``realpath``. If the result is not inside the (real) root,
@@ -28,6 +30,7 @@ from __future__ import annotations
 import errno
 import mimetypes
 import os
+import re
 import stat
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -39,6 +42,7 @@ UPLOAD_PREFIX = ".evloop-upload-"
 UPLOAD_SUFFIX = ".tmp"
 
 _NOT_FOUND = "no such file"
+_DOUBLE_ENCODED = re.compile(r"%(?:2e|2f|5c|00)", re.IGNORECASE)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -65,6 +69,8 @@ def decode_segments(raw_path: bytes) -> tuple[tuple[str, ...], bool]:
         raise HttpError(HTTPStatus.BAD_REQUEST, "control character in path")
     if "\\" in text:
         raise HttpError(HTTPStatus.FORBIDDEN, "backslash in path")
+    if _DOUBLE_ENCODED.search(text):
+        raise HttpError(HTTPStatus.FORBIDDEN, "double-encoded dot, slash or NUL in path")
     parts = text.split("/")
     segments = tuple(p for p in parts if p)
     if any(s in (".", "..") for s in segments):
@@ -120,6 +126,15 @@ def os_error_to_http(exc: OSError) -> HttpError:
         return HttpError(HTTPStatus.FORBIDDEN, "permission denied")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
         return HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        # Out of descriptors is the server's load, not the client's fault, and passes: closing
+        # this connection frees one.
+        return HttpError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "server busy, try again",
+            close=True,
+            headers=((b"Retry-After", b"1"),),
+        )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HttpError(HTTPStatus.INSUFFICIENT_STORAGE, "no space left on the server", close=True)
     return HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "filesystem error", close=True)

@@ -9,6 +9,7 @@ last time at shutdown. Errors writing a log are reported once on stderr and neve
 from __future__ import annotations
 
 import csv
+import encodings.unicode_escape  # noqa: F401  loaded now: at EMFILE a lazy import would fail
 import io
 import sys
 import time

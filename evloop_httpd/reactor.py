@@ -21,7 +21,8 @@ serve each ready socket; fire the timers that are due; flush the logs. Serving a
 Timers are a heap with at most one live entry per connection (``conn.timer_at``). A deadline
 that moves later, which is what activity does, costs nothing: when the stale entry fires, it is
 pushed again at the new deadline. So each event costs O(1) or O(log n), never a scan of all
-connections.
+connections. Stale entries (closed connections, superseded deadlines) are swept out in one pass
+when they outnumber the live ones, which is O(1) amortized per push.
 
 Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails for lack of file
 descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the
@@ -58,6 +59,7 @@ FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
 PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
+TIMER_SLACK = 64  # stale timer entries tolerated beyond two per open connection
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _SENDFILE_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
@@ -350,6 +352,17 @@ class Server:
         if conn.deadline < conn.timer_at:
             conn.timer_at = conn.deadline
             heapq.heappush(self._timers, (conn.deadline, next(self._seq), conn))
+            if len(self._timers) > 2 * self.count + TIMER_SLACK:
+                self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        # Entries of closed connections, and entries superseded by an earlier deadline, wait in
+        # the heap until they fire, each holding its Connection. Under churn that is thousands
+        # of dead objects; dropping them once they outnumber the live ones costs O(n) per n/2
+        # pushes, so O(1) amortized per push.
+        live = [e for e in self._timers if e[2].sock is not None and e[0] == e[2].timer_at]
+        heapq.heapify(live)
+        self._timers = live
 
     def _run_timers(self, now: float) -> None:
         timers = self._timers

@@ -91,14 +91,17 @@ def parse_head(buf: bytes | bytearray, limits: Limits, scan_from: int = 0) -> Re
     # limit: its LF is then inside the window). Only when one fails is the position-ordered
     # search needed, to pick the error a byte-by-byte reader would have seen first.
     window_end = start + limits.max_request_line_bytes + 2
+    crlfs = buf.count(_CRLF, start, stop)
     if (
         stop > limits.max_head_bytes
-        or buf.count(b"\n", start, stop) != buf.count(_CRLF, start, stop)
+        or buf.count(b"\n", start, stop) != crlfs
         or (end + 1 >= window_end and buf.find(b"\n", start, window_end) < 0)
     ):
         _check_partial(buf, start, stop, scan_from, limits)
+    # From here on every LF ends a CRLF: _parse_fields relies on it (see grammar.FIELD_LINES).
     method, raw_target, http_version, target, fields_at = _parse_request_line(buf, start, end)
-    headers = _parse_fields(buf, fields_at, end + 2, limits)
+    # The CRLFs are the request line's, one per field line, and the blank line's.
+    headers = _parse_fields(buf, fields_at, end + 2, crlfs - 2, limits)
     return _interpret(method, raw_target, http_version, target, headers, limits, stop)
 
 
@@ -177,10 +180,10 @@ def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
 
 
 def _parse_fields(
-    buf: bytes | bytearray, fields_at: int, stop: int, limits: Limits
+    buf: bytes | bytearray, fields_at: int, stop: int, lines: int, limits: Limits
 ) -> list[tuple[bytes, bytes]]:
-    """The field lines in ``buf[fields_at:stop]``, each CRLF-terminated, as (name, value)."""
-    lines = buf.count(_CRLF, fields_at, stop)
+    """The ``lines`` field lines in ``buf[fields_at:stop]``, each ending in CRLF, as (name,
+    value). The caller has checked that ``buf`` holds no bare LF there."""
     if lines > limits.max_header_count:
         raise HttpError(
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,

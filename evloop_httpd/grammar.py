@@ -69,9 +69,9 @@ _ORIGIN = rb"(/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)(?:\?(" + _QUERY + r
 ORIGIN_FORM = re.compile(_ORIGIN)
 
 # The request line of nearly every request: a method, an origin-form target and HTTP/1.x, taken
-# apart in one match. Groups: method, target, path, query, minor version. A line this does not
+# apart in one match. Groups: method, target, path, query, version (b"1.1"). A line this does not
 # match is checked piece by piece instead, with the same result for the lines it does match.
-ORIGIN_REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) (" + _ORIGIN + rb") HTTP/1\.([0-9])")
+ORIGIN_REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) (" + _ORIGIN + rb") HTTP/(1\.[0-9])")
 
 # RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name
 #   IP-literal = "[" ( IPv6address / IPvFuture ) "]"; reg-name = *( unreserved / pct-encoded /

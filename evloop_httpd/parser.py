@@ -160,8 +160,7 @@ def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
     line_end = buf.find(_CRLF, start, end + 2)
     m = grammar.ORIGIN_REQUEST_LINE.fullmatch(buf, start, line_end)
     if m is not None:
-        method, raw_target, path, query, minor = m.groups()
-        http_version = b"1." + minor
+        method, raw_target, path, query, http_version = m.groups()
         target = (path, query, None)
     else:
         request_line = bytes(buf[start:line_end])

@@ -60,7 +60,6 @@ PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
 TIMER_SLACK = 64  # stale timer entries tolerated beyond two per open connection
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _SENDFILE_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
 )
@@ -285,9 +284,10 @@ class Server:
                     or state is S.STREAMING_FILE
                 ):
                     out = conn.out if conn.out_pos == 0 else memoryview(conn.out)[conn.out_pos :]
-                    # MSG_MORE: let the kernel put the head and the file's first bytes in one
-                    # segment; the sendfile that follows pushes them out.
-                    n = sock.send(out, _MSG_MORE if conn.file_remaining else 0)
+                    # Not MSG_MORE, although it promises one segment for head and file: measured
+                    # with wrk on 100 KiB files it cut throughput to a third (the corked head
+                    # waits on the sendfile's pacing). TCP_NODELAY plus one plain send is faster.
+                    n = sock.send(out)
                     conn.wrote(n, now)
                 else:
                     return

@@ -66,9 +66,25 @@ _SENDFILE_UNSUPPORTED = frozenset(
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_BODYLESS = (b"GET ", b"HEAD ")
 _LISTENER = object()
 _WAKER = object()
 S = ConnState
+
+
+def more_follows(conn: Connection) -> bool:
+    """Whether another response will be sent right after this one without waiting for input.
+
+    True only when the next pipelined request is already whole in ``inbuf`` and is a GET or
+    HEAD (no body to wait for), and no file span follows: then ``MSG_MORE`` lets the kernel
+    queue this response and send the batch in one go, cutting a syscall's worth of TCP work per
+    pipelined request (wrk, 16 deep: 47k to 60k req/s). The last response of a batch is sent
+    without it and pushes everything out. Not used before a file: corking a head until
+    ``sendfile`` runs cut 100 KiB throughput to a third.
+    """
+    inbuf = conn.inbuf
+    return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
 
 
 class Server:
@@ -284,10 +300,7 @@ class Server:
                     or state is S.STREAMING_FILE
                 ):
                     out = conn.out if conn.out_pos == 0 else memoryview(conn.out)[conn.out_pos :]
-                    # Not MSG_MORE, although it promises one segment for head and file: measured
-                    # with wrk on 100 KiB files it cut throughput to a third (the corked head
-                    # waits on the sendfile's pacing). TCP_NODELAY plus one plain send is faster.
-                    n = sock.send(out)
+                    n = sock.send(out, _MSG_MORE if more_follows(conn) else 0)
                     conn.wrote(n, now)
                 else:
                     return

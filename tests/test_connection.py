@@ -284,3 +284,23 @@ def test_stall_deadline_enforces_minimum_rate(root: Path) -> None:
     assert conn.state is S.WRITING_HEADERS
     assert now <= 15.0
     assert conn.out.startswith(b"HTTP/1.1 408 ")
+
+
+def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
+    from evloop_httpd.reactor import more_follows
+
+    conn, _ = make(root)
+    get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.receive(get + get, 0.0)  # the second waits in inbuf while the first is written
+    assert conn.state is S.WRITING_HEADERS
+    assert more_follows(conn)
+    conn.inbuf = bytearray(get[:-2])  # incomplete: the batch must not wait on it
+    assert not more_follows(conn)
+    conn.inbuf = bytearray(b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+    assert not more_follows(conn)
+    conn.inbuf = bytearray()
+    assert not more_follows(conn)
+    big, _ = make(root)
+    big.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n" + get, 0.0)
+    assert big.file_remaining > 0
+    assert not more_follows(big)  # a file follows this head

@@ -80,6 +80,7 @@ class Input(Enum):
     RESPONSE_DONE_CLOSE = "response sent, close"
     PEER_EOF = "peer closed"
     TIMEOUT = "deadline passed"
+    DRAINED = "nothing left to drain"
     ABORT = "abort"
 
 
@@ -110,6 +111,7 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
     (S.STREAMING_FILE, I.TIMEOUT): S.CLOSED,
     (S.STREAMING_FILE, I.ABORT): S.CLOSED,
     (S.LINGERING, I.PEER_EOF): S.CLOSED,
+    (S.LINGERING, I.DRAINED): S.CLOSED,
     (S.LINGERING, I.TIMEOUT): S.CLOSED,
     (S.LINGERING, I.ABORT): S.CLOSED,
 }
@@ -188,6 +190,7 @@ class Connection:
         "timer_at",
         "use_sendfile",
         "reset",
+        "peer_done",
     )
 
     def __init__(
@@ -227,6 +230,7 @@ class Connection:
         self.shut_wr = False
         self.use_sendfile = ctx.config.use_sendfile
         self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
+        self.peer_done = False  # the client asked to close and sent nothing more
 
     @property
     def interest(self) -> int:
@@ -317,6 +321,11 @@ class Connection:
             )
         else:
             self._fire(I.TIMEOUT)
+
+    def drained(self) -> None:
+        """While LINGERING: the reactor found nothing unread, and the client had asked to close,
+        so closing now cannot turn into a reset that destroys the response."""
+        self._fire(I.DRAINED)
 
     def abort(self) -> None:
         """Drop the connection now, whatever it was doing (reset, stall, server stopping)."""
@@ -431,6 +440,7 @@ class Connection:
     def _finish_response(self, now: float) -> None:
         self._close_file()
         self.ctx.observer.request_done(self)
+        req = self.request
         self.request = None
         self.status = 0
         timeouts = self.ctx.config.timeouts
@@ -440,6 +450,9 @@ class Connection:
             if self.inbuf:
                 self._advance(now)
         else:
+            # If the client itself asked for the close and nothing of it is buffered, it will
+            # send nothing more; the reactor may then skip the drain (see drained()).
+            self.peer_done = req is not None and not req.keep_alive and not self.inbuf
             self._fire(I.RESPONSE_DONE_CLOSE)
             self.inbuf.clear()
             self.deadline = now + timeouts.linger_s

@@ -330,6 +330,10 @@ class Server:
             self._close(conn)
             return
         if conn.state is S.LINGERING and not conn.shut_wr:
+            if conn.peer_done and self._nothing_unread(sock):
+                conn.drained()  # a plain close sends FIN: nothing unread, so no reset
+                self._close(conn)
+                return
             # Our response is complete: send FIN, then drain until the client closes.
             conn.shut_wr = True
             try:
@@ -343,6 +347,15 @@ class Server:
             self.sel.modify(sock, want, conn)
             conn.events = want
         self._arm(conn)
+
+    @staticmethod
+    def _nothing_unread(sock: socket.socket) -> bool:
+        try:
+            return not sock.recv(RECV_BYTES, socket.MSG_PEEK)  # b"": the client closed too
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True  # reset: there is nothing left to protect
 
     def _close(self, conn: Connection) -> None:
         sock: socket.socket | None = conn.sock  # type: ignore[assignment]

@@ -369,3 +369,12 @@ def test_every_response_is_framed_and_typed(server: RunningServer) -> None:
 def test_connection_objects_stay_small() -> None:
     # Memory per idle connection is part of the design: no __dict__ on the hot object.
     assert not hasattr(Connection, "__dict__") or "__slots__" in Connection.__dict__
+
+
+def test_client_requested_close_ends_with_fin_not_reset(server: RunningServer) -> None:
+    for _ in range(20):  # the quick close path races nothing: repeat to be sure
+        with Client(server.port, recv_size=65536) as c:
+            c.send(get("/hello.txt", "Connection: close\r\n"))
+            assert c.read_response().body == SMALL
+            c.sock.settimeout(10)
+            assert c.sock.recv(1) == b""  # orderly end of stream; a reset would raise

@@ -66,6 +66,7 @@ _SENDFILE_UNSUPPORTED = frozenset(
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
+_MAX_SHARED_HOSTS = 4096
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 _BODYLESS = (b"GET ", b"HEAD ")
 _LISTENER = object()
@@ -99,8 +100,8 @@ class Server:
         self.address: tuple = ("", 0)
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
-        self._seq = itertools.count()
         self._ids = itertools.count(1)
+        self._hosts: dict[str, str] = {}
         self._accepting = False
         self._accept_resume_at: float | None = None
         self._stop_requested = False
@@ -243,6 +244,13 @@ class Server:
         except OSError:
             sock.close()
             return
+        # Many connections come from few addresses: share one str per address (~60 bytes each
+        # of the ~1 KiB an idle connection costs). The table is bounded; past it, no sharing.
+        host = self._hosts.get(addr[0])
+        if host is None and len(self._hosts) < _MAX_SHARED_HOSTS:
+            host = self._hosts[addr[0]] = addr[0]
+        if host is not None:
+            addr = (host, *addr[1:])
         conn = Connection(self.ctx, now, addr, local, next(self._ids))
         conn.sock = sock
         conn.events = selectors.EVENT_READ
@@ -377,7 +385,9 @@ class Server:
     def _arm(self, conn: Connection) -> None:
         if conn.deadline < conn.timer_at:
             conn.timer_at = conn.deadline
-            heapq.heappush(self._timers, (conn.deadline, next(self._seq), conn))
+            # The tie-breaker is the connection's own number: no new int per entry, and one
+            # connection never has two entries with one deadline (only an earlier one is pushed).
+            heapq.heappush(self._timers, (conn.deadline, conn.ident, conn))
             if len(self._timers) > 2 * self.count + TIMER_SLACK:
                 self._compact_timers()
 

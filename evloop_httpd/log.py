@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import encodings.unicode_escape  # noqa: F401  loaded now: at EMFILE a lazy import would fail
 import io
+import os
+import select
 import sys
 import time
 import traceback
@@ -39,35 +41,89 @@ def _printable(raw: bytes) -> str:
 
 
 class _Sink:
-    """One buffered text destination."""
+    """One buffered text destination that never blocks the loop.
 
-    __slots__ = ("_broken", "_buf", "_file", "_owned")
+    Text is kept in memory until :meth:`flush`. Then, for a real descriptor, only what it can
+    take right now is written: a zero-timeout ``poll`` says it is writable, and each write is at
+    most ``PIPE_BUF`` bytes, which a writable pipe takes without blocking. The rest waits for
+    the next flush. If a reader stalls for good (``server 2>&1 | less``), the backlog is capped
+    at ``MAX_PENDING_BYTES``: the oldest bytes are dropped and the drop is reported in the log
+    once the reader is back. Only the last flush at shutdown waits, and only briefly.
+    """
+
+    __slots__ = ("_broken", "_buf", "_dropped", "_fd", "_file", "_owned", "_pending", "_poll")
+
+    MAX_PENDING_BYTES = 4 * 1024 * 1024
+    FINAL_WAIT_S = 2.0
 
     def __init__(self, file: TextIO, owned: bool) -> None:
         self._file = file
         self._owned = owned
         self._buf: list[str] = []
         self._broken = False
+        self._pending = bytearray()
+        self._dropped = 0
+        try:
+            self._fd = file.fileno()
+        except (OSError, ValueError, io.UnsupportedOperation):
+            self._fd = -1  # an in-memory stream (tests): plain writes cannot block
+        self._poll = select.poll()
+        if self._fd >= 0:
+            self._poll.register(self._fd, select.POLLOUT)
 
     def add(self, text: str) -> None:
         self._buf.append(text)
 
-    def flush(self) -> None:
-        if not self._buf:
-            return
-        text = "".join(self._buf)
-        self._buf.clear()
-        if self._broken:
-            return
+    def flush(self, final: bool = False) -> None:
+        if self._buf:
+            text = "".join(self._buf)
+            self._buf.clear()
+            if self._broken:
+                return
+            if self._fd < 0:
+                self._write_stream(text)
+                return
+            self._pending += text.encode("utf-8", "backslashreplace")
+            excess = len(self._pending) - self.MAX_PENDING_BYTES
+            if excess > 0:
+                del self._pending[:excess]
+                self._dropped += excess
+        if self._pending and not self._broken:
+            self._drain(final)
+
+    def _write_stream(self, text: str) -> None:
         try:
             self._file.write(text)
             self._file.flush()
         except (OSError, ValueError) as exc:
-            self._broken = True
-            print(f"evloop_httpd: cannot write a log ({exc}); dropping it", file=sys.stderr)
+            self._fail(exc)
+
+    def _drain(self, final: bool) -> None:
+        deadline = time.monotonic() + self.FINAL_WAIT_S
+        try:
+            self._file.flush()  # anything print() left in the text layer goes first
+            while self._pending:
+                wait_ms = max(0, int((deadline - time.monotonic()) * 1000)) if final else 0
+                if not self._poll.poll(wait_ms):
+                    return
+                if self._dropped:
+                    note = f"evloop_httpd: a stalled log reader lost {self._dropped} bytes\n"
+                    self._pending[:0] = note.encode()
+                    self._dropped = 0
+                n = os.write(self._fd, self._pending[: select.PIPE_BUF])
+                del self._pending[:n]
+        except BlockingIOError:
+            return
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self._broken = True
+        self._pending.clear()
+        print(f"evloop_httpd: cannot write a log ({exc}); dropping it", file=sys.stderr)
 
     def close(self) -> None:
-        self.flush()
+        self.flush(final=True)
         if self._owned:
             self._file.close()
 
@@ -157,7 +213,7 @@ class Logs:
             self._heads.flush()
 
     def close(self) -> None:
-        self.flush()
+        self._err.close()
         for sink in (self._csv, self._heads):
             if sink is not None:
                 sink.close()

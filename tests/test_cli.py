@@ -177,3 +177,19 @@ def test_memory_does_not_grow_with_file_size(tmp_path: Path, flag: list[str]) ->
     finish(proc)
     # 256 MiB went out; the server grew by at most a few buffers.
     assert after - before < 8 * 1024, (before, after)
+
+
+def test_a_stalled_log_reader_never_stalls_the_server(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_bytes(b"x")
+    proc = spawn_cli("-p", "0", "-d", str(tmp_path))  # stderr is a pipe we do not read yet
+    port = read_serving_port(proc)
+    batch = get("/f.txt") * 100
+    with Client(port, recv_size=65536) as c:
+        # 3,000 access-log lines, about 240 KiB: far more than a pipe buffer (64 KiB) holds.
+        for _ in range(30):
+            c.send(batch)
+            for _ in range(100):
+                assert c.read_response().body == b"x"
+    code, _, err = finish(proc)
+    assert code == 0
+    assert '"GET /f.txt HTTP/1.1" 200' in err

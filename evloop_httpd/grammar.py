@@ -23,6 +23,7 @@ import re
 
 # RFC 9110 §5.6.2: token = 1*tchar; tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-"
 #   / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
+TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 TCHAR = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]"
 TOKEN = re.compile(TCHAR + rb"+")
 
@@ -67,8 +68,9 @@ HOST = re.compile(rb"(" + _HOST + rb")(?::[0-9]*)?")
 
 # RFC 9112 §3.2.2: absolute-form = absolute-URI; for http(s): scheme "://" authority
 #   path-abempty [ "?" query ]. Userinfo is refused (RFC 9110 §4.2.4: treat it as an error).
+# Groups: 1 authority, 2 host, 3 path, 4 query.
 ABSOLUTE_FORM = re.compile(
-    rb"[Hh][Tt][Tt][Pp][Ss]?://(" + _HOST + rb"(?::[0-9]*)?)(" + _PATH_ABEMPTY + rb")"
+    rb"[Hh][Tt][Tt][Pp][Ss]?://((" + _HOST + rb")(?::[0-9]*)?)(" + _PATH_ABEMPTY + rb")"
     rb"(?:\?(" + _QUERY + rb"))?"
 )
 

@@ -37,6 +37,7 @@ from .errors import HttpError, bad_request
 _OPTIONS = b"OPTIONS"
 _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
+_TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
 
 
 @dataclass(slots=True, eq=False)
@@ -110,9 +111,24 @@ def _check_partial(
             break
         lf = buf.find(b"\n", lf + 1, stop)
 
-    # The request line, CRLF included, must end within max_request_line_bytes + 2.
+    # The first byte of the request line must start a method (a token), and is known as soon as
+    # it arrives: refusing it then spares a client that speaks TLS or garbage a head timeout.
+    # A CR at the very start may still be the one empty line we skip (D5).
+    if start < stop and scan_from <= start and not (start == 0 and buf[0] == 13):
+        if not _TCHAR[buf[start]]:
+            found.append((start + 1, bad_request("request does not start with a method")))
+    elif start == 0 and stop >= 2 and scan_from <= 1 and buf[0] == 13 and buf[1] != 10:
+        found.append((2, bad_request("request does not start with a method")))
+
+    # The request line, CRLF included, must end within max_request_line_bytes + 2. The window is
+    # searched once, by the first call that holds all of it: a later call (``scan_from`` past the
+    # window) would only repeat that search, and would make a trickled head quadratic.
     window = limits.max_request_line_bytes + 2
-    if stop - start >= window and buf.find(b"\n", start, start + window) < 0:
+    if (
+        stop - start >= window
+        and scan_from < start + window
+        and buf.find(b"\n", start, start + window) < 0
+    ):
         found.append(
             (
                 start + window,
@@ -204,8 +220,10 @@ def _interpret(
         elif name == b"content-length":
             lengths.append(value)
         elif name == b"transfer-encoding":
+            # Framing is no place for leniency: an empty element (", chunked", "chunked,") is
+            # kept, and refused below, rather than ignored as RFC 9110 §5.6.1.2 allows (D7).
             has_te = True
-            codings.extend(_list_elements(value))
+            codings.extend(e.strip(b" \t") for e in value.split(b","))
         elif name == b"connection":
             connection.extend(_list_elements(value))
         elif name == b"expect":
@@ -261,7 +279,10 @@ def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, by
         return b"*", None, None
     m = grammar.ABSOLUTE_FORM.fullmatch(target)
     if m is not None:
-        return m[2] or b"/", m[3], m[1]
+        # RFC 9110 §4.2.1: an http(s) URI with an empty host MUST be rejected as invalid.
+        if not m[2]:
+            raise bad_request("absolute-form target with an empty host")
+        return m[3] or b"/", m[4], m[1]
     if method == _CONNECT and grammar.AUTHORITY_FORM.fullmatch(target):
         return b"", None, target
     raise bad_request("request target is not origin-form, absolute-form or asterisk-form")
@@ -304,7 +325,7 @@ def _framing(
     length = int(value) if len(value) <= 18 else limits.max_upload_bytes + 1
     if length > limits.max_upload_bytes:
         raise HttpError(
-            HTTPStatus.CONTENT_TOO_LARGE,
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
             f"body over the {limits.max_upload_bytes}-byte limit",
             close=True,
         )
@@ -408,6 +429,9 @@ class ChunkedBody:
                 raise bad_request(self._too_long())
             return None
         self._scanned = 0
+        # Same order as a byte-by-byte feed: too long (without LF) first, then a bare LF.
+        if lf - pos > limit + 1:
+            raise bad_request(self._too_long())
         if lf == pos or buf[lf - 1] != 13:
             raise bad_request("line ends in a bare LF; CRLF is required")
         if lf - 1 - pos > limit:
@@ -428,7 +452,7 @@ class ChunkedBody:
         self.total += size
         if self.total > self._limits.max_upload_bytes:
             raise HttpError(
-                HTTPStatus.CONTENT_TOO_LARGE,
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"body over the {self._limits.max_upload_bytes}-byte limit",
                 close=True,
             )
@@ -442,5 +466,5 @@ class ChunkedBody:
         self.trailer_bytes += len(line) + 2
         m = grammar.FIELD_LINE.fullmatch(line)
         if m is None:
-            raise bad_request("malformed trailer field")
+            raise bad_request(_field_line_problem(line).replace("header", "trailer"))
         self.trailers.append((m[1].lower(), m[2].rstrip(b" \t")))

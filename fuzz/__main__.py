@@ -17,7 +17,7 @@ from .harness import TARGETS, Failure, Stats, run
 
 # CI: examples per target under one fixed seed, sized for about a minute on one core.
 CI_SEED = 20_250_101
-CI_EXAMPLES = {"total": 3000, "split": 2500, "oracle": 4000, "connection": 1200}
+CI_EXAMPLES = {"total": 2000, "split": 2000, "oracle": 3000, "connection": 1500}
 BATCH = 500
 
 

@@ -179,18 +179,25 @@ _SIMPLE_TARGET = re.compile(
     rb"(?:/|[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.\-]+(?::[0-9]*)?(?:/|$))"
     rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*"
 )
-_REQUEST_LINE = re.compile(rb"(?:^|\n)[!-~]+ ([!-~]+) HTTP/", re.MULTILINE)
+_REQUEST_LINE = re.compile(rb"[!-~]+ ([!-~]+) HTTP/")
 _ODD_CHUNK_LINE = re.compile(rb"\n[0-9A-Fa-f]+(?:[ \t;]|[0-9A-Fa-f]{16})")
 _HOST_LINE = re.compile(rb"\n[Hh][Oo][Ss][Tt]:[ \t]*([^\r\n]*?)[ \t]*\r", re.IGNORECASE)
 _SIMPLE_HOST = re.compile(rb"[A-Za-z0-9.\-]*(?::[0-9]*)?")
 
 
+def _head(data: bytes) -> bytes:
+    """The head at the start of ``data``: the checks on it must not look at later messages."""
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 4]
+
+
 def _odd_target(data: bytes) -> bool:
-    return any(not _SIMPLE_TARGET.fullmatch(m[1]) for m in _REQUEST_LINE.finditer(data))
+    m = _REQUEST_LINE.match(data.removeprefix(b"\r\n"))
+    return m is not None and not _SIMPLE_TARGET.fullmatch(m[1])
 
 
 def _odd_host(data: bytes) -> bool:
-    return any(not _SIMPLE_HOST.fullmatch(m[1]) for m in _HOST_LINE.finditer(data))
+    return any(not _SIMPLE_HOST.fullmatch(m[1]) for m in _HOST_LINE.finditer(_head(data)))
 
 
 @dataclass(frozen=True)
@@ -236,23 +243,25 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation(
         "D8 HTTP version other than 1.x",
         frozenset({"only HTTP/1.x is served here"}),
-        lambda d: bool(re.search(rb"HTTP/[02-9]\.", d)),
+        lambda d: bool(re.search(rb"HTTP/[02-9]\.", _head(d))),
     ),
     Deviation("D9 Host syntax", frozenset({"invalid Host header"}), _odd_host),
     Deviation(
         "D10 Transfer-Encoding in HTTP/1.0",
         frozenset({"Transfer-Encoding in an HTTP/1.0 request"}),
-        lambda d: b"HTTP/1.0" in d and b"transfer-encoding" in d.lower(),
+        lambda d: b"HTTP/1.0" in _head(d) and b"transfer-encoding" in _head(d).lower(),
     ),
     Deviation(
         "D11 Transfer-Encoding with Content-Length",
         frozenset({"both Transfer-Encoding and Content-Length"}),
-        lambda d: b"transfer-encoding" in d.lower() and b"content-length" in d.lower(),
+        lambda d: (
+            b"transfer-encoding" in _head(d).lower() and b"content-length" in _head(d).lower()
+        ),
     ),
     Deviation(
         "D12 Host required on HTTP/1.2-1.9",
         frozenset({"HTTP/1.1 request without a Host header"}),
-        lambda d: bool(re.search(rb"HTTP/1\.[2-9]", d)),
+        lambda d: bool(re.search(rb"HTTP/1\.[2-9]", _head(d))),
     ),
 )
 _BY_DETAIL = {detail: dev for dev in DEVIATIONS for detail in dev.details}
@@ -301,7 +310,9 @@ def compare(data: bytes) -> str | None:
             # with, a line that can never be a field) where h11 waits for a whole line or head.
             return None
         if a[0] == "error":
-            dev = strict_deviation(a[2], data)
+            # The deviation's cause must be in the refused message, not in one before it.
+            n = sum(1 for e in ours.events[:index] if e[0] == "request")
+            dev = strict_deviation(a[2], data[ours.starts[min(n, len(ours.starts) - 1)] :])
             assert dev is not None, "we refuse what h11 accepts, " + context
             return dev
         if b[0] == "error":

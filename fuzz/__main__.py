@@ -10,6 +10,7 @@ Exit status 0: nothing found. 1: a finding, saved under fuzz/seeds/ (see fuzz/RE
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="first seed (default: from the clock)")
     ap.add_argument("--target", choices=sorted(TARGETS), action="append", help="repeatable")
     args = ap.parse_args(argv)
+    # A run in the background ignores SIGINT; let SIGTERM stop it with a report too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     names = args.target or list(TARGETS)
     stats = {name: Stats() for name in names}
     started = time.monotonic()
@@ -55,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         pass
     _report(stats, started, final=True)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _report(stats: dict[str, Stats], started: float, final: bool) -> None:

@@ -7,6 +7,7 @@ and exit with status 2, as argparse does. A clean stop exits 0.
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -73,11 +74,30 @@ def header_line(text: str) -> tuple[bytes, bytes]:
     return raw_name, raw_value
 
 
+# Headers the server computes per response: a fixed value from the command line would contradict
+# the framing or the validators, so it is refused rather than sent twice.
+_COMPUTED = frozenset(
+    b"""accept-ranges allow connection content-encoding content-length content-range
+    content-type date etag keep-alive last-modified location server te trailer transfer-encoding
+    upgrade vary""".split()
+)
+
+
+def extra_header(text: str) -> tuple[bytes, bytes]:
+    """A ``-H 'Name: value'`` option: a valid field line naming no header we compute."""
+    name, value = header_line(text)
+    if name.lower() in _COMPUTED:
+        raise argparse.ArgumentTypeError(
+            f"{name.decode('latin-1')} is set by the server for each response"
+        )
+    return name, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     lim, tmo = Limits(), Timeouts()
     p = argparse.ArgumentParser(
         prog="python -m evloop_httpd",
-        description="Serve a directory over HTTP/1.1 (GET, HEAD, PUT) from one event loop.",
+        description="Serve a directory over HTTP/1.1 (GET, HEAD, PUT, DELETE) from one event loop.",
     )
     p.add_argument("-p", "--port", type=port_number, default=8000, help="port (0: any free one)")
     p.add_argument("-d", "--root", default=".", help="directory to serve (default: .)")
@@ -152,6 +172,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--dotfiles", action="store_true", help="serve names starting with '.'")
     f.add_argument("--fsync", action="store_true", help="make each PUT durable before answering")
+    f.add_argument(
+        "--listing",
+        action="store_true",
+        help="list folders that have no index.html (HTML, or JSON on Accept: application/json)",
+    )
+    f.add_argument(
+        "--allow-delete",
+        action="store_true",
+        help="let DELETE remove files and empty folders (refused with 405 by default)",
+    )
+    f.add_argument(
+        "--no-precompressed",
+        action="store_true",
+        help="never serve foo.br / foo.gz sidecars in place of foo",
+    )
+    o_h = p.add_argument_group("responses")
+    o_h.add_argument(
+        "-H",
+        "--header",
+        dest="headers",
+        action="append",
+        type=extra_header,
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="add this header to every response (repeatable), e.g. 'Cache-Control: no-cache'",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--stats-csv", type=Path, help="append one CSV row per request to this file")
     o.add_argument("--response-log", type=Path, help="append each response head to this file")
@@ -197,6 +243,10 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         response_log=args.response_log,
         quiet=args.quiet,
         trace=args.trace,
+        listing=args.listing,
+        allow_delete=args.allow_delete,
+        precompressed=not args.no_precompressed,
+        extra_headers=tuple(args.headers),
     )
 
 
@@ -205,12 +255,34 @@ def url_for(address: tuple) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+FD_RESERVE = 64  # descriptors beyond one per connection: files being sent, uploads, logs
+
+
+def raise_nofile_limit(max_connections: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards what ``max_connections`` needs, up to the hard limit.
+
+    Many systems start processes with a soft limit of 1024 and a far higher hard limit; left
+    alone, the server would hit EMFILE (and pause accepting) long before its connection cap.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FD_RESERVE
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (OSError, ValueError) as exc:
+        print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
+    raise_nofile_limit(config.max_connections)
     stale = remove_stale_temps(str(config.root))
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)

@@ -35,9 +35,17 @@ from typing import Protocol
 
 from .config import Config
 from .errors import HttpError, bad_request
+from .fastpath import ResponseCache
 from .handler import Handler
 from .parser import ChunkedBody, FixedBody, Request, parse_head
-from .responses import CONTINUE, DateCache, Response, encode_head, error_response
+from .responses import (
+    CONTINUE,
+    DateCache,
+    Response,
+    assemble_head,
+    encode_middle,
+    error_response,
+)
 from .upload import Upload
 
 READ = 1  # selectors.EVENT_READ
@@ -45,6 +53,10 @@ WRITE = 2  # selectors.EVENT_WRITE
 
 
 class ConnState(Enum):
+    # Members are singletons, so identity hashing is exact, and it runs in C: Enum's own
+    # __hash__ is Python code, and the transition table is consulted several times a request.
+    __hash__ = object.__hash__
+
     READING_HEADERS = "reading headers"
     WRITING_CONTINUE = "writing 100 Continue"
     READING_BODY = "reading body"
@@ -55,6 +67,8 @@ class ConnState(Enum):
 
 
 class Input(Enum):
+    __hash__ = object.__hash__
+
     HEAD_COMPLETE = "head complete, response ready"
     CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
     BODY_EXPECTED = "head complete, body follows"
@@ -66,6 +80,7 @@ class Input(Enum):
     RESPONSE_DONE_CLOSE = "response sent, close"
     PEER_EOF = "peer closed"
     TIMEOUT = "deadline passed"
+    DRAINED = "nothing left to drain"
     ABORT = "abort"
 
 
@@ -85,7 +100,6 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
     (S.WRITING_CONTINUE, I.ABORT): S.CLOSED,
     (S.READING_BODY, I.BODY_COMPLETE): S.WRITING_HEADERS,
     (S.READING_BODY, I.ERROR): S.WRITING_HEADERS,
-    (S.READING_BODY, I.PEER_EOF): S.CLOSED,
     (S.READING_BODY, I.ABORT): S.CLOSED,
     (S.WRITING_HEADERS, I.FILE_FOLLOWS): S.STREAMING_FILE,
     (S.WRITING_HEADERS, I.RESPONSE_DONE): S.READING_HEADERS,
@@ -97,6 +111,7 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
     (S.STREAMING_FILE, I.TIMEOUT): S.CLOSED,
     (S.STREAMING_FILE, I.ABORT): S.CLOSED,
     (S.LINGERING, I.PEER_EOF): S.CLOSED,
+    (S.LINGERING, I.DRAINED): S.CLOSED,
     (S.LINGERING, I.TIMEOUT): S.CLOSED,
     (S.LINGERING, I.ABORT): S.CLOSED,
 }
@@ -113,6 +128,7 @@ INTEREST: dict[ConnState, int] = {
 
 # States in which nothing of the current response has gone out, so an error can still be sent.
 _CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
+_MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})
 
 
 class Observer(Protocol):
@@ -127,11 +143,12 @@ class Observer(Protocol):
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("config", "date", "handler", "observer", "stopping", "trace")
+    __slots__ = ("cache", "config", "date", "handler", "observer", "stopping", "trace")
 
     def __init__(self, config: Config, observer: Observer) -> None:
         self.config = config
         self.handler = Handler(config)
+        self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
         self.date = DateCache()
         self.stopping = False
@@ -172,6 +189,8 @@ class Connection:
         "sock",
         "timer_at",
         "use_sendfile",
+        "reset",
+        "peer_done",
     )
 
     def __init__(
@@ -210,6 +229,8 @@ class Connection:
         self.timer_at = float("inf")
         self.shut_wr = False
         self.use_sendfile = ctx.config.use_sendfile
+        self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
+        self.peer_done = False  # the client asked to close and sent nothing more
 
     @property
     def interest(self) -> int:
@@ -301,6 +322,11 @@ class Connection:
         else:
             self._fire(I.TIMEOUT)
 
+    def drained(self) -> None:
+        """While LINGERING: the reactor found nothing unread, and the client had asked to close,
+        so closing now cannot turn into a reset that destroys the response."""
+        self._fire(I.DRAINED)
+
     def abort(self) -> None:
         """Drop the connection now, whatever it was doing (reset, stall, server stopping)."""
         if self.state is not S.CLOSED:
@@ -338,7 +364,13 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
-        plan = ctx.handler.begin(req, ctx.date.second)
+        cache = ctx.cache
+        key = cache.key(req)
+        plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        if plan is None:
+            plan = ctx.handler.begin(req, ctx.date.second)
+            if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:
+                cache.store(key, plan, now)
         if isinstance(plan, Response):
             self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
             return
@@ -359,8 +391,10 @@ class Connection:
             upload.write(data)
             self._progress(len(data), now)
         if done:
-            self.body = self.upload = None
+            # Keep owning the upload until it is committed: if committing raises anything,
+            # _fail still finds it and unlinks the temp file.
             resp = self.ctx.handler.finish_upload(upload, req)
+            self.body = self.upload = None
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 
     def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:
@@ -373,9 +407,10 @@ class Connection:
             and not ctx.stopping
             and (body_read or not req.has_body)
         )
-        head = encode_head(
-            resp.status, resp.headers, ctx.date.value, keep, ctx.config.extra_headers
-        )
+        middle = resp.middle
+        if middle is None:
+            middle = encode_middle(resp.headers, ctx.config.extra_headers)
+        head = assemble_head(resp.status, middle, ctx.date.value, keep)
         ctx.observer.response_head(self, head)
         self.keep_alive = keep
         self.status = resp.status
@@ -405,6 +440,7 @@ class Connection:
     def _finish_response(self, now: float) -> None:
         self._close_file()
         self.ctx.observer.request_done(self)
+        req = self.request
         self.request = None
         self.status = 0
         timeouts = self.ctx.config.timeouts
@@ -414,6 +450,9 @@ class Connection:
             if self.inbuf:
                 self._advance(now)
         else:
+            # If the client itself asked for the close and nothing of it is buffered, it will
+            # send nothing more; the reactor may then skip the drain (see drained()).
+            self.peer_done = req is not None and not req.keep_alive and not self.inbuf
             self._fire(I.RESPONSE_DONE_CLOSE)
             self.inbuf.clear()
             self.deadline = now + timeouts.linger_s
@@ -444,6 +483,9 @@ class Connection:
             new = S.CLOSED
         self.state = new
         if new is S.CLOSED:
+            # A response cut short must not look like a clean end of stream to the client, and
+            # its unsent bytes should not linger in the kernel: tell the reactor to reset.
+            self.reset = old in _MID_RESPONSE or old is S.READING_BODY
             self._release()
         if self.ctx.trace:
             self.ctx.observer.transition(self, old, inp, new)
@@ -469,10 +511,7 @@ class Connection:
         self.trailer = b""
 
     def _release(self) -> None:
-        if self.status:
-            # A response was under way: log what the client actually got.
-            self.ctx.observer.request_done(self)
-            self.status = 0
+        # Descriptors and temp files first: if logging below raises, nothing leaks.
         self._close_file()
         if self.upload is not None:
             self.upload.abort()
@@ -480,3 +519,9 @@ class Connection:
         self.body = None
         self.out = b""
         self.inbuf = bytearray()
+        if self.status:
+            # A response was under way: log what the client actually got.
+            try:
+                self.ctx.observer.request_done(self)
+            finally:
+                self.status = 0

@@ -30,7 +30,7 @@ class HttpError(Exception):
         close: bool = False,
         headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
-        super().__init__(f"{status.value} {status.phrase}: {detail}")
+        super().__init__(f"{status.value}: {detail}")
         self.status = status
         self.detail = detail
         self.close = close

@@ -10,7 +10,9 @@ this order:
    name that we are willing to serve.
 2. The decoded path is split on ``/``. A ``.`` or ``..`` segment, or a backslash, is refused with
    403. They are never collapsed: a client that sends them is confused or hostile, and silently
-   fixing the path is how servers end up serving what they should not.
+   fixing the path is how servers end up serving what they should not. So is a path that still
+   holds an encoded dot, slash, backslash or NUL after decoding (``%252e``): harmless here, but a
+   file with such a name is a trap for any proxy or script that decodes once more.
 3. A segment starting with ``.`` (``.git``, ``.env``, our own upload temp files) is hidden with a
    404 unless ``--dotfiles``; upload temp files stay hidden even then.
 4. The joined path is resolved with ``realpath``. If the result is not inside the (real) root,
@@ -19,7 +21,8 @@ this order:
    symlink after the check does not help an attacker.
 
 Only regular files are served: the file is opened with ``O_NONBLOCK`` and checked with
-``fstat``, so a FIFO or device cannot stall the loop.
+``fstat``, so a FIFO or device cannot stall the loop. A precompressed sidecar (``foo.js.br``
+beside ``foo.js``) is found by :func:`sidecar` under the same rules as the file itself.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import errno
 import mimetypes
 import os
+import re
 import stat
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -38,6 +42,7 @@ UPLOAD_PREFIX = ".evloop-upload-"
 UPLOAD_SUFFIX = ".tmp"
 
 _NOT_FOUND = "no such file"
+_DOUBLE_ENCODED = re.compile(r"%(?:2e|2f|5c|00)", re.IGNORECASE)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -64,6 +69,8 @@ def decode_segments(raw_path: bytes) -> tuple[tuple[str, ...], bool]:
         raise HttpError(HTTPStatus.BAD_REQUEST, "control character in path")
     if "\\" in text:
         raise HttpError(HTTPStatus.FORBIDDEN, "backslash in path")
+    if _DOUBLE_ENCODED.search(text):
+        raise HttpError(HTTPStatus.FORBIDDEN, "double-encoded dot, slash or NUL in path")
     parts = text.split("/")
     segments = tuple(p for p in parts if p)
     if any(s in (".", "..") for s in segments):
@@ -119,14 +126,50 @@ def os_error_to_http(exc: OSError) -> HttpError:
         return HttpError(HTTPStatus.FORBIDDEN, "permission denied")
     if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
         return HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        # Out of descriptors is the server's load, not the client's fault, and passes: closing
+        # this connection frees one.
+        return HttpError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            "server busy, try again",
+            close=True,
+            headers=((b"Retry-After", b"1"),),
+        )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return HttpError(HTTPStatus.INSUFFICIENT_STORAGE, "no space left on the server", close=True)
     return HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "filesystem error", close=True)
 
 
-def strong_etag(st: os.stat_result) -> bytes:
-    """A strong validator from identity, size and mtime in nanoseconds (stable across restarts)."""
+def strong_etag(st: os.stat_result, coding: bytes = b"") -> bytes:
+    """A strong validator from identity, size and mtime in nanoseconds (stable across restarts).
+
+    A precompressed variant gets its sidecar's own stat plus its coding, so it never shares an
+    ETag with the original or with another coding (RFC 9110 §8.8.3.3).
+    """
+    if coding:
+        return b'"%x-%x-%x-%s"' % (st.st_ino, st.st_size, st.st_mtime_ns, coding)
     return b'"%x-%x-%x"' % (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def sidecar(
+    root_real: str, real: str, suffix: str, original: os.stat_result, *, follow_symlinks: bool
+) -> str | None:
+    """The real path of a usable precompressed sidecar ``real + suffix``, or ``None``.
+
+    The sidecar passes the same checks as a requested file (resolved inside the root unless
+    ``--follow-symlinks``, a regular file) and must not be older than the original: a stale
+    sidecar would serve content that no longer matches the file the client asked for.
+    """
+    candidate = os.path.realpath(real + suffix)
+    if not follow_symlinks and not inside(root_real, candidate):
+        return None
+    try:
+        st = os.stat(candidate)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_mtime_ns < original.st_mtime_ns:
+        return None
+    return candidate
 
 
 # Types that browsers need right and that system mime.types files get wrong or lack. Anything

@@ -52,6 +52,18 @@ FIELD_LINE = re.compile(
     rb"(" + TCHAR + rb"+):[ \t]*((?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?)"
 )
 
+# Every field line of a header section at once: ``findall`` from the first field line to the
+# CRLF of the last returns one (name, value) pair per line that is a valid field-line. A line
+# that is not valid yields no pair, since a match can only start at a line start (``^`` in
+# MULTILINE mode) and must reach that line's CRLF; so fewer pairs than lines means a malformed
+# line. One pass of the regex engine validates and extracts. The value keeps its trailing OWS
+# (the caller strips it): making the pattern drop it costs more than the strip. As in FIELD_LINE,
+# the value starts with a field-vchar so a failure cannot backtrack through the leading OWS.
+FIELD_LINES = re.compile(
+    rb"^(" + TCHAR + rb"+):[ \t]*((?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?)\r\n",
+    re.MULTILINE,
+)
+
 # RFC 3986 §3.3: pchar = unreserved / pct-encoded / sub-delims / ":" / "@"
 #   unreserved = ALPHA / DIGIT / "-" / "." / "_" / "~"; sub-delims = "!" / "$" / "&" / "'" / "("
 #   / ")" / "*" / "+" / "," / ";" / "="; pct-encoded = "%" HEXDIG HEXDIG
@@ -63,9 +75,13 @@ _PATH_ABEMPTY = rb"(?:/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)?"
 _QUERY = rb"(?:[" + _PCHAR_SAFE + rb"/?]|" + _PCT + rb")*"
 
 # RFC 9112 §3.2.1: origin-form = absolute-path [ "?" query ]; absolute-path = 1*( "/" segment )
-ORIGIN_FORM = re.compile(
-    rb"(/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)(?:\?(" + _QUERY + rb"))?"
-)
+_ORIGIN = rb"(/(?:[" + _PCHAR_SAFE + rb"/]|" + _PCT + rb")*)(?:\?(" + _QUERY + rb"))?"
+ORIGIN_FORM = re.compile(_ORIGIN)
+
+# The request line of nearly every request: a method, an origin-form target and HTTP/1.x, taken
+# apart in one match. Groups: method, target, path, query, version (b"1.1"). A line this does not
+# match is checked piece by piece instead, with the same result for the lines it does match.
+ORIGIN_REQUEST_LINE = re.compile(rb"(" + TCHAR + rb"+) (" + _ORIGIN + rb") HTTP/(1\.[0-9])")
 
 # RFC 3986 §3.2.2: host = IP-literal / IPv4address / reg-name
 #   IP-literal = "[" ( IPv6address / IPvFuture ) "]"; reg-name = *( unreserved / pct-encoded /

@@ -7,17 +7,29 @@ refusal is an :class:`HttpError` raised from here and answered by the connection
 holds no per-connection state and never touches a socket, so its tests need only a directory.
 
 Method policy (RFC 9110 §9): GET, HEAD, OPTIONS and PUT are served (PUT unless
-``--read-only``). The other methods RFC 9110 defines are known but not allowed here: 405 with
-``Allow``. Any other token is a method we do not implement: 501.
+``--read-only``), DELETE with ``--allow-delete``. The other methods RFC 9110 defines are known
+but not allowed here: 405 with ``Allow``. Any other token is a method we do not implement: 501.
+
+A file GET goes: resolve the path (404/403 first), pick the variant (a precompressed sidecar
+when Accept-Encoding allows one), then the preconditions of RFC 9110 §13.2.2 on that variant's
+validators (:mod:`conditional`), then Range and If-Range (:mod:`ranges`). Preconditions are
+evaluated only once the response would otherwise be a 2xx, so a missing file stays a 404.
+PUT and DELETE evaluate theirs before the body is read or anything is removed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import secrets
 import stat
+import time
 from http import HTTPStatus
 from urllib.parse import quote
 
+from . import listing
+from .conditional import Outcome, evaluate, if_range_allows
 from .config import Config
 from .errors import HttpError
 from .files import (
@@ -28,15 +40,23 @@ from .files import (
     open_regular,
     os_error_to_http,
     resolve,
+    sidecar,
     strong_etag,
 )
+from .negotiate import SIDECARS, choose_coding, wants_json
 from .parser import Request
+from .ranges import content_range, multipart_spans, plan_ranges, unsatisfied_range
 from .responses import Response, http_date, text_response
 from .upload import Upload
 
-_GET, _HEAD, _PUT, _OPTIONS = b"GET", b"HEAD", b"PUT", b"OPTIONS"
+_GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
 _INDEX = "index.html"
+_CONDITIONS = (b"if-match", b"if-none-match", b"if-unmodified-since")
+
+
+def _precondition_failed() -> HttpError:
+    return HttpError(HTTPStatus.PRECONDITION_FAILED, "precondition failed")
 
 
 class Handler:
@@ -47,7 +67,11 @@ class Handler:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root_real = os.path.realpath(config.root)
-        methods = [_GET, _HEAD, _OPTIONS] + ([] if config.read_only else [_PUT])
+        methods = [_GET, _HEAD, _OPTIONS]
+        if not config.read_only:
+            methods.append(_PUT)
+            if config.allow_delete:
+                methods.append(_DELETE)
         self.allow = b", ".join(methods)
 
     def begin(self, req: Request, wall: float) -> Response | Upload:
@@ -61,7 +85,9 @@ class Handler:
         if method in (_GET, _HEAD):
             return self._get(req, wall)
         if method == _PUT and not self.config.read_only:
-            return self._begin_put(req)
+            return self._begin_put(req, wall)
+        if method == _DELETE and self.config.allow_delete and not self.config.read_only:
+            return self._delete(req, wall)
         if method == _OPTIONS:
             resp = Response(HTTPStatus.OK, [(b"Allow", self.allow), (b"Content-Length", b"0")])
             return resp
@@ -89,22 +115,156 @@ class Handler:
         if stat.S_ISDIR(st.st_mode):
             if not found.trailing_slash and found.segments:
                 return self._redirect_to_dir(found.segments, req.query, head_only)
-            real = os.path.realpath(os.path.join(real, _INDEX))
+            folder = real
+            real = os.path.realpath(os.path.join(folder, _INDEX))
+            if not os.path.lexists(os.path.join(folder, _INDEX)) and cfg.listing:
+                return self._listing(req, folder, found.segments, head_only)
             if not cfg.follow_symlinks and not inside(self.root_real, real):
                 raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
         elif found.trailing_slash:
             raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
         fd, st = open_regular(real)
-        headers = [
-            (b"Content-Type", content_type(real)),
-            (b"Content-Length", b"%d" % st.st_size),
-            (b"Last-Modified", http_date(min(st.st_mtime, wall))),
-            (b"ETag", strong_etag(st)),
+        fd, st, coding, vary = self._pick_variant(req, real, fd, st)
+        sent = False
+        try:
+            resp = self._serve_file(req, real, fd, st, coding, vary, int(wall), head_only)
+            sent = resp.file_fd >= 0
+            return resp
+        finally:
+            if not sent:  # a 304, a HEAD, or a refusal: the connection will not close it
+                os.close(fd)
+
+    def _pick_variant(
+        self, req: Request, real: str, fd: int, st: os.stat_result
+    ) -> tuple[int, os.stat_result, bytes, list[tuple[bytes, bytes]]]:
+        """Swap the open original for a precompressed sidecar when the client accepts one.
+
+        Returns the descriptor to serve (the other one is closed), its stat, the content coding
+        (``b""`` for identity) and the Vary header to send.
+        """
+        cfg = self.config
+        if not cfg.precompressed:
+            return fd, st, b"", []
+        found = [
+            (c, path)
+            for c, suffix in SIDECARS
+            if (
+                path := sidecar(
+                    self.root_real, real, suffix, st, follow_symlinks=cfg.follow_symlinks
+                )
+            )
         ]
-        if head_only:
-            os.close(fd)
-            return Response(HTTPStatus.OK, headers)
-        return Response(HTTPStatus.OK, headers, file_fd=fd, spans=[(b"", 0, st.st_size)])
+        if not found:
+            return fd, st, b"", []
+        # Every variant says it depends on Accept-Encoding, the identity one included, or a
+        # cache could hand the identity bytes to a client that asked for br, or the reverse.
+        vary = [(b"Vary", b"Accept-Encoding")]
+        chosen = choose_coding(req.get(b"accept-encoding"), [c for c, _ in found])
+        if chosen is None:
+            return fd, st, b"", vary
+        try:
+            side_fd, side_st = open_regular(dict(found)[chosen])
+        except HttpError:
+            return fd, st, b"", vary  # vanished or unreadable since the stat: the original will do
+        os.close(fd)
+        return side_fd, side_st, chosen, vary
+
+    def _serve_file(
+        self,
+        req: Request,
+        real: str,
+        fd: int,
+        st: os.stat_result,
+        coding: bytes,
+        vary: list[tuple[bytes, bytes]],
+        wall: int,
+        head_only: bool,
+    ) -> Response:
+        """The 200, 206 or 304 for an open file (or 412, 416 raised). Never closes ``fd``."""
+        etag = strong_etag(st, coding)
+        last_modified = int(min(st.st_mtime, wall))
+        validators = [(b"ETag", etag), (b"Last-Modified", http_date(last_modified))]
+        outcome = evaluate(req.method, req.get, etag, last_modified)
+        if outcome is Outcome.PRECONDITION_FAILED:
+            raise _precondition_failed()
+        if outcome is Outcome.NOT_MODIFIED:
+            # RFC 9110 §15.4.5: the validators and Vary a 200 would carry, and no content.
+            return Response(HTTPStatus.NOT_MODIFIED, validators + vary)
+        ctype = content_type(real)  # the original's type, whatever the coding
+        headers = [(b"Content-Type", ctype), *validators, (b"Accept-Ranges", b"bytes"), *vary]
+        if coding:
+            headers.append((b"Content-Encoding", coding))
+        size = st.st_size
+        # RFC 9110 §14.2: Range is for GET only; HEAD gets what a plain GET would.
+        ranges = None
+        range_value = req.get(b"range") if req.method == _GET else None
+        if range_value is not None:
+            if_range = req.get(b"if-range")
+            if if_range is None or if_range_allows(if_range, etag, last_modified, wall):
+                ranges = plan_ranges(range_value, size)
+        if ranges == []:
+            raise HttpError(
+                HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE,
+                "range not satisfiable",
+                headers=((b"Content-Range", unsatisfied_range(size)),),
+            )
+        if ranges is None:
+            headers.append((b"Content-Length", b"%d" % size))
+            if head_only:
+                return Response(HTTPStatus.OK, headers)
+            return Response(HTTPStatus.OK, headers, file_fd=fd, spans=[(b"", 0, size)])
+        if len(ranges) == 1:
+            first, last = ranges[0]
+            headers.append((b"Content-Range", content_range(first, last, size)))
+            headers.append((b"Content-Length", b"%d" % (last - first + 1)))
+            return Response(
+                HTTPStatus.PARTIAL_CONTENT,
+                headers,
+                file_fd=fd,
+                spans=[(b"", first, last - first + 1)],
+            )
+        boundary = secrets.token_hex(12).encode("ascii")
+        spans, trailer, length = multipart_spans(ranges, size, ctype, boundary)
+        headers[0] = (b"Content-Type", b"multipart/byteranges; boundary=" + boundary)
+        headers.append((b"Content-Length", b"%d" % length))
+        return Response(
+            HTTPStatus.PARTIAL_CONTENT, headers, file_fd=fd, spans=spans, trailer=trailer
+        )
+
+    def _listing(
+        self, req: Request, folder: str, segments: tuple[str, ...], head_only: bool
+    ) -> Response:
+        cfg = self.config
+        try:
+            entries, truncated = listing.scan(
+                folder,
+                self.root_real,
+                dotfiles=cfg.dotfiles,
+                follow_symlinks=cfg.follow_symlinks,
+            )
+        except OSError as exc:
+            raise os_error_to_http(exc) from None
+        url_path = "/" + "".join(s + "/" for s in segments)
+        if wants_json(req.get(b"accept")):
+            ctype, body = listing.JSON_TYPE, listing.render_json(url_path, entries, truncated)
+        else:
+            ctype, body = listing.HTML_TYPE, listing.render_html(url_path, entries, truncated)
+        # A listing has no file to take validators from; a hash of its bytes is a strong ETag
+        # (the two formats differ, so they never share one) and lets browsers revalidate.
+        etag = b'"l-%s"' % hashlib.blake2b(body, digest_size=12).hexdigest().encode("ascii")
+        vary = (b"Vary", b"Accept")
+        outcome = evaluate(req.method, req.get, etag, None)
+        if outcome is Outcome.PRECONDITION_FAILED:
+            raise _precondition_failed()
+        if outcome is Outcome.NOT_MODIFIED:
+            return Response(HTTPStatus.NOT_MODIFIED, [(b"ETag", etag), vary])
+        headers = [
+            (b"Content-Type", ctype),
+            (b"Content-Length", b"%d" % len(body)),
+            (b"ETag", etag),
+            vary,
+        ]
+        return Response(HTTPStatus.OK, headers, b"" if head_only else body)
 
     def _redirect_to_dir(
         self, segments: tuple[str, ...], query: bytes | None, head_only: bool
@@ -120,7 +280,7 @@ class Handler:
 
     # PUT
 
-    def _begin_put(self, req: Request) -> Upload:
+    def _begin_put(self, req: Request, wall: float) -> Upload:
         if not req.chunked and req.get(b"content-length") is None:
             raise HttpError(HTTPStatus.LENGTH_REQUIRED, "PUT needs Content-Length or chunked")
         segments, trailing = decode_segments(req.path)
@@ -139,10 +299,15 @@ class Handler:
         if not os.path.isdir(parent):
             raise HttpError(HTTPStatus.CONFLICT, "the parent folder does not exist", close=True)
         target = os.path.join(parent, segments[-1])
+        self._check_put_preconditions(req, target, wall)
+        return Upload(parent, target, fsync=self.config.fsync)
+
+    def _check_put_preconditions(self, req: Request, target: str, wall: float) -> None:
+        """412 unless the conditions hold for ``target`` as it is now (absent is fine)."""
         try:
             st = os.lstat(target)
         except FileNotFoundError:
-            pass
+            etag = last_modified = None
         except OSError as exc:
             raise os_error_to_http(exc) from None
         else:
@@ -152,9 +317,21 @@ class Handler:
                 raise HttpError(
                     HTTPStatus.FORBIDDEN, "the target is not a regular file", close=True
                 )
-        return Upload(parent, target, fsync=self.config.fsync)
+            etag, last_modified = strong_etag(st), int(min(st.st_mtime, wall))
+        # Answered before the body is read; the connection then closes, since the unread
+        # body would otherwise be taken for the next request.
+        if evaluate(_PUT, req.get, etag, last_modified) is Outcome.PRECONDITION_FAILED:
+            raise _precondition_failed()
 
     def finish_upload(self, upload: Upload, req: Request) -> Response:
+        if any(req.get(name) is not None for name in _CONDITIONS):
+            # Another PUT or DELETE may have finished while this body arrived: check again
+            # just before the rename, so If-Match really prevents a lost update.
+            try:
+                self._check_put_preconditions(req, upload.target, time.time())
+            except HttpError:
+                upload.abort()
+                raise
         created, etag = upload.commit()
         if created:
             resp = text_response(HTTPStatus.CREATED, "201 Created\n")
@@ -163,3 +340,41 @@ class Handler:
             resp = Response(HTTPStatus.NO_CONTENT)
         resp.headers.append((b"ETag", etag))
         return resp
+
+    # DELETE
+
+    def _delete(self, req: Request, wall: float) -> Response:
+        segments, trailing = decode_segments(req.path)
+        if not segments:
+            raise HttpError(HTTPStatus.FORBIDDEN, "the served folder cannot be deleted")
+        try:
+            check_hidden(segments, self.config.dotfiles)
+        except HttpError:
+            raise HttpError(HTTPStatus.FORBIDDEN, "hidden names cannot be deleted") from None
+        # As for PUT, symlinks are never followed to find what to delete.
+        parent = os.path.realpath(os.path.join(self.root_real, *segments[:-1]))
+        if not inside(self.root_real, parent):
+            raise HttpError(HTTPStatus.FORBIDDEN, "outside the served folder")
+        target = os.path.join(parent, segments[-1])
+        try:
+            st = os.lstat(target)
+        except OSError as exc:
+            raise os_error_to_http(exc) from None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not is_dir and not stat.S_ISREG(st.st_mode):
+            raise HttpError(HTTPStatus.FORBIDDEN, "only files and empty folders can be deleted")
+        if trailing and not is_dir:
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
+        etag, last_modified = strong_etag(st), int(min(st.st_mtime, wall))
+        if evaluate(_DELETE, req.get, etag, last_modified) is Outcome.PRECONDITION_FAILED:
+            raise _precondition_failed()
+        try:
+            if is_dir:
+                os.rmdir(target)
+            else:
+                os.unlink(target)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise HttpError(HTTPStatus.CONFLICT, "the folder is not empty") from None
+            raise os_error_to_http(exc) from None
+        return Response(HTTPStatus.NO_CONTENT)

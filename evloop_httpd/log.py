@@ -9,6 +9,7 @@ last time at shutdown. Errors writing a log are reported once on stderr and neve
 from __future__ import annotations
 
 import csv
+import encodings.unicode_escape  # noqa: F401  loaded now: at EMFILE a lazy import would fail
 import io
 import sys
 import time
@@ -79,6 +80,7 @@ class Logs:
         self._err = _Sink(err, owned=False)
         self._access = None if config.quiet else self._err
         self._trace = config.trace
+        self._stamps: dict[str, tuple[int, str]] = {}
         self._csv: _Sink | None = None
         self._csv_rows = io.StringIO()
         self._csv_writer = csv.writer(self._csv_rows, lineterminator="\n")
@@ -102,11 +104,13 @@ class Logs:
     def response_head(self, conn: Connection, head: bytes) -> None:
         if self._heads is None:
             return
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        stamp = self._stamp("%Y-%m-%dT%H:%M:%SZ")
         self._heads.add(f"# {stamp} #{conn.ident} {_addr(conn.peer)}\n")
         self._heads.add(head.decode("latin-1").replace("\r\n", "\n"))
 
     def request_done(self, conn: Connection) -> None:
+        if self._access is None and self._csv is None:
+            return
         req = conn.request
         if req is not None:
             method = req.method.decode("ascii")
@@ -115,7 +119,7 @@ class Logs:
         else:
             method, url, line = "-", "-", "-"
         if self._access is not None:
-            stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+            stamp = self._stamp("%d/%b/%Y:%H:%M:%S +0000")
             self._access.add(f'{conn.peer[0]} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
         if self._csv is not None:
             self._csv_writer.writerow(
@@ -157,6 +161,15 @@ class Logs:
         for sink in (self._csv, self._heads):
             if sink is not None:
                 sink.close()
+
+    def _stamp(self, fmt: str) -> str:
+        # Formatting a time costs more than the rest of a log line: once a second is enough.
+        second = int(time.time())
+        cached = self._stamps.get(fmt)
+        if cached is None or cached[0] != second:
+            cached = (second, time.strftime(fmt, time.gmtime(second)))
+            self._stamps[fmt] = cached
+        return cached[1]
 
     def _take_csv(self) -> None:
         assert self._csv is not None

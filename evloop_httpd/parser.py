@@ -38,6 +38,9 @@ _OPTIONS = b"OPTIONS"
 _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
 _TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
+_FRAMING_FIELDS = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -75,21 +78,34 @@ def parse_head(buf: bytes | bytearray, limits: Limits, scan_from: int = 0) -> Re
     Returns the :class:`Request`, or ``None`` when more bytes are needed, or raises
     :class:`HttpError`. ``scan_from`` is how many bytes of ``buf`` an earlier call has seen.
     """
-    start = _skip_blank_lines(buf)
+    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line
+    # (some clients send a CRLF after a POST body). Exactly one is ignored (D5): a run of them
+    # is no request at all, and a bound keeps this check O(1) however the bytes are trickled.
+    start = 2 if buf.startswith(_CRLF) else 0
     end = buf.find(b"\r\n\r\n", max(start, scan_from - 3))
     if end < 0:
         _check_partial(buf, start, len(buf), scan_from, limits)
         return None
     stop = end + 4
-    _check_partial(buf, start, stop, scan_from, limits)
-    return _parse_complete(bytes(buf[start:end]), limits, stop)
-
-
-def _skip_blank_lines(buf: bytes | bytearray) -> int:
-    # RFC 9112 §2.2: a server SHOULD ignore at least one empty line before the request-line
-    # (some clients send a CRLF after a POST body). Exactly one is ignored (D5): a run of them is
-    # no request at all, and a bound keeps this check O(1) however the bytes are trickled.
-    return 2 if buf.startswith(_CRLF) else 0
+    # The common case, checked in C: a first byte that can start a method, no bare LF (every LF
+    # is part of a CRLF), a head within its limit, and a request line within its limit (certain
+    # when the head is shorter than that limit: its LF is then inside the window). Only when one
+    # fails is the position-ordered search needed, to pick the error a byte-by-byte reader would
+    # have seen first.
+    window_end = start + limits.max_request_line_bytes + 2
+    crlfs = buf.count(_CRLF, start, stop)
+    if (
+        stop > limits.max_head_bytes
+        or not _TCHAR[buf[start]]
+        or buf.count(b"\n", start, stop) != crlfs
+        or (end + 1 >= window_end and buf.find(b"\n", start, window_end) < 0)
+    ):
+        _check_partial(buf, start, stop, scan_from, limits)
+    # From here on every LF ends a CRLF: _parse_fields relies on it (see grammar.FIELD_LINES).
+    method, raw_target, http_version, target, fields_at = _parse_request_line(buf, start, end)
+    # The CRLFs are the request line's, one per field line, and the blank line's.
+    headers = _parse_fields(buf, fields_at, end + 2, crlfs - 2, limits)
+    return _interpret(method, raw_target, http_version, target, headers, limits, stop)
 
 
 def _check_partial(
@@ -156,34 +172,48 @@ def _check_partial(
         raise min(found, key=lambda pair: pair[0])[1]
 
 
-def _parse_complete(head: bytes, limits: Limits, head_size: int) -> Request:
-    lines = head.split(_CRLF)
-    request_line = lines[0]
-    if not grammar.REQUEST_LINE.fullmatch(request_line):
-        raise bad_request("malformed request line")
-    method, raw_target, version = request_line.split(b" ")
-    if version[5:6] != b"1":
-        raise HttpError(
-            HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
-            "only HTTP/1.x is served here",
-            close=True,
-        )
-    http_version = version[5:]
+def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
+    """Validate and split the request line of the complete head ``buf[start:end]``. Returns the
+    pieces :func:`_interpret` takes, and where the field lines start."""
+    line_end = buf.find(_CRLF, start, end + 2)
+    m = grammar.ORIGIN_REQUEST_LINE.fullmatch(buf, start, line_end)
+    if m is not None:
+        method, raw_target, path, query, http_version = m.groups()
+        target = (path, query, None)
+    else:
+        request_line = bytes(buf[start:line_end])
+        if not grammar.REQUEST_LINE.fullmatch(request_line):
+            raise bad_request("malformed request line")
+        method, raw_target, version = request_line.split(b" ")
+        if version[5:6] != b"1":
+            raise HttpError(
+                HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                "only HTTP/1.x is served here",
+                close=True,
+            )
+        http_version = version[5:]
+        target = _split_target(method, raw_target)
+    return method, raw_target, http_version, target, line_end + 2
 
-    if len(lines) - 1 > limits.max_header_count:
+
+def _parse_fields(
+    buf: bytes | bytearray, fields_at: int, stop: int, lines: int, limits: Limits
+) -> list[tuple[bytes, bytes]]:
+    """The ``lines`` field lines in ``buf[fields_at:stop]``, each ending in CRLF, as (name,
+    value). The caller has checked that ``buf`` holds no bare LF there."""
+    if lines > limits.max_header_count:
         raise HttpError(
             HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
             f"more than {limits.max_header_count} header fields",
             close=True,
         )
-    headers: list[tuple[bytes, bytes]] = []
-    match_field = grammar.FIELD_LINE.fullmatch
-    for line in lines[1:]:
-        m = match_field(line)
-        if m is None:
-            raise bad_request(_field_line_problem(line))
-        headers.append((m[1].lower(), m[2].rstrip(b" \t")))
-    return _interpret(method, raw_target, http_version, headers, limits, head_size)
+    pairs = grammar.FIELD_LINES.findall(buf, fields_at, stop)
+    if len(pairs) != lines:
+        for line in bytes(buf[fields_at:stop]).split(_CRLF):
+            if line and not grammar.FIELD_LINE.fullmatch(line):
+                raise bad_request(_field_line_problem(line))
+        raise bad_request("malformed header section")  # pragma: no cover - defensive
+    return [(name.lower(), value.rstrip(b" \t")) for name, value in pairs]
 
 
 def _field_line_problem(line: bytes) -> str:
@@ -203,6 +233,7 @@ def _interpret(
     method: bytes,
     raw_target: bytes,
     http_version: bytes,
+    target: tuple[bytes, bytes | None, bytes | None],
     headers: list[tuple[bytes, bytes]],
     limits: Limits,
     head_size: int,
@@ -215,6 +246,8 @@ def _interpret(
     expect: bytes | None = None
     has_te = False
     for name, value in headers:
+        if name not in _FRAMING_FIELDS:
+            continue
         if name == b"host":
             hosts.append(value)
         elif name == b"content-length":
@@ -230,7 +263,7 @@ def _interpret(
             expect = value.lower() if expect is None else expect + b", " + value.lower()
 
     is_10 = http_version == b"1.0"
-    path, query, target_host = _split_target(method, raw_target)
+    path, query, target_host = target
 
     # RFC 9112 §3.2: exactly one valid Host in HTTP/1.1, at most one in HTTP/1.0.
     if len(hosts) > 1:
@@ -241,28 +274,37 @@ def _interpret(
         raise bad_request("invalid Host header")
     host = target_host if target_host is not None else (hosts[0] if hosts else b"")
 
-    chunked, content_length = _framing(has_te, codings, lengths, is_10, limits)
+    if has_te or lengths:
+        chunked, content_length = _framing(has_te, codings, lengths, is_10, limits)
+    else:
+        chunked, content_length = False, 0
 
-    tokens = {t.lower() for t in connection}
-    keep_alive = b"close" not in tokens and (not is_10 or b"keep-alive" in tokens)
+    if connection:
+        tokens = {t.lower() for t in connection}
+        keep_alive = b"close" not in tokens and (not is_10 or b"keep-alive" in tokens)
+    else:
+        keep_alive = not is_10
+    # Positional: this runs once per request, and keywords cost measurably more.
     return Request(
-        method=method,
-        raw_target=raw_target,
-        http_version=http_version,
-        headers=headers,
-        path=path,
-        query=query,
-        host=host,
-        content_length=content_length,
-        chunked=chunked,
-        keep_alive=keep_alive,
-        expect=None if is_10 else expect,
-        head_size=head_size,
+        method,
+        raw_target,
+        http_version,
+        headers,
+        path,
+        query,
+        host,
+        content_length,
+        chunked,
+        keep_alive,
+        None if is_10 else expect,
+        head_size,
     )
 
 
 def _list_elements(value: bytes) -> list[bytes]:
     # RFC 9110 §5.6.1: recipients accept and ignore empty list elements.
+    if b"," not in value:
+        return [value] if value else []  # one element, already OWS-stripped: the usual case
     return [e for e in (part.strip(b" \t") for part in value.split(b",")) if e]
 
 

@@ -21,7 +21,8 @@ serve each ready socket; fire the timers that are due; flush the logs. Serving a
 Timers are a heap with at most one live entry per connection (``conn.timer_at``). A deadline
 that moves later, which is what activity does, costs nothing: when the stale entry fires, it is
 pushed again at the new deadline. So each event costs O(1) or O(log n), never a scan of all
-connections.
+connections. Stale entries (closed connections, superseded deadlines) are swept out in one pass
+when they outnumber the live ones, which is O(1) amortized per push.
 
 Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails for lack of file
 descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the
@@ -42,6 +43,7 @@ import itertools
 import os
 import selectors
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -57,15 +59,33 @@ FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
 PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
-_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+TIMER_SLACK = 64  # stale timer entries tolerated beyond two per open connection
 _SENDFILE_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
 )
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_MAX_SHARED_HOSTS = 4096
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+_BODYLESS = (b"GET ", b"HEAD ")
 _LISTENER = object()
 _WAKER = object()
 S = ConnState
+
+
+def more_follows(conn: Connection) -> bool:
+    """Whether another response will be sent right after this one without waiting for input.
+
+    True only when the next pipelined request is already whole in ``inbuf`` and is a GET or
+    HEAD (no body to wait for), and no file span follows: then ``MSG_MORE`` lets the kernel
+    queue this response and send the batch in one go, cutting a syscall's worth of TCP work per
+    pipelined request (wrk, 16 deep: 47k to 60k req/s). The last response of a batch is sent
+    without it and pushes everything out. Not used before a file: corking a head until
+    ``sendfile`` runs cut 100 KiB throughput to a third.
+    """
+    inbuf = conn.inbuf
+    return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
 
 
 class Server:
@@ -80,8 +100,8 @@ class Server:
         self.address: tuple = ("", 0)
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
-        self._seq = itertools.count()
         self._ids = itertools.count(1)
+        self._hosts: dict[str, str] = {}
         self._accepting = False
         self._accept_resume_at: float | None = None
         self._stop_requested = False
@@ -224,6 +244,13 @@ class Server:
         except OSError:
             sock.close()
             return
+        # Many connections come from few addresses: share one str per address (~60 bytes each
+        # of the ~1 KiB an idle connection costs). The table is bounded; past it, no sharing.
+        host = self._hosts.get(addr[0])
+        if host is None and len(self._hosts) < _MAX_SHARED_HOSTS:
+            host = self._hosts[addr[0]] = addr[0]
+        if host is not None:
+            addr = (host, *addr[1:])
         conn = Connection(self.ctx, now, addr, local, next(self._ids))
         conn.sock = sock
         conn.events = selectors.EVENT_READ
@@ -281,9 +308,7 @@ class Server:
                     or state is S.STREAMING_FILE
                 ):
                     out = conn.out if conn.out_pos == 0 else memoryview(conn.out)[conn.out_pos :]
-                    # MSG_MORE: let the kernel put the head and the file's first bytes in one
-                    # segment; the sendfile that follows pushes them out.
-                    n = sock.send(out, _MSG_MORE if conn.file_remaining else 0)
+                    n = sock.send(out, _MSG_MORE if more_follows(conn) else 0)
                     conn.wrote(n, now)
                 else:
                     return
@@ -313,6 +338,10 @@ class Server:
             self._close(conn)
             return
         if conn.state is S.LINGERING and not conn.shut_wr:
+            if conn.peer_done and self._nothing_unread(sock):
+                conn.drained()  # a plain close sends FIN: nothing unread, so no reset
+                self._close(conn)
+                return
             # Our response is complete: send FIN, then drain until the client closes.
             conn.shut_wr = True
             try:
@@ -327,12 +356,25 @@ class Server:
             conn.events = want
         self._arm(conn)
 
+    @staticmethod
+    def _nothing_unread(sock: socket.socket) -> bool:
+        try:
+            return not sock.recv(RECV_BYTES, socket.MSG_PEEK)  # b"": the client closed too
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True  # reset: there is nothing left to protect
+
     def _close(self, conn: Connection) -> None:
         sock: socket.socket | None = conn.sock  # type: ignore[assignment]
         if sock is None:
             return
         conn.sock = None
         self.sel.unregister(sock)
+        if conn.reset:
+            # SO_LINGER with a zero timeout: close() sends RST and drops unsent data at once.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.close()
         self.count -= 1
         if self.count < self.config.max_connections and self._accept_resume_at is None:
@@ -343,7 +385,20 @@ class Server:
     def _arm(self, conn: Connection) -> None:
         if conn.deadline < conn.timer_at:
             conn.timer_at = conn.deadline
-            heapq.heappush(self._timers, (conn.deadline, next(self._seq), conn))
+            # The tie-breaker is the connection's own number: no new int per entry, and one
+            # connection never has two entries with one deadline (only an earlier one is pushed).
+            heapq.heappush(self._timers, (conn.deadline, conn.ident, conn))
+            if len(self._timers) > 2 * self.count + TIMER_SLACK:
+                self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        # Entries of closed connections, and entries superseded by an earlier deadline, wait in
+        # the heap until they fire, each holding its Connection. Under churn that is thousands
+        # of dead objects; dropping them once they outnumber the live ones costs O(n) per n/2
+        # pushes, so O(1) amortized per push.
+        live = [e for e in self._timers if e[2].sock is not None and e[0] == e[2].timer_at]
+        heapq.heapify(live)
+        self._timers = live
 
     def _run_timers(self, now: float) -> None:
         timers = self._timers

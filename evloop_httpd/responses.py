@@ -23,8 +23,22 @@ TEXT_PLAIN = b"text/plain; charset=utf-8"
 # RFC 9110 §6.4.1: these never carry content.
 _NO_CONTENT = frozenset({HTTPStatus.NO_CONTENT, HTTPStatus.NOT_MODIFIED})
 
+# RFC 9110 §15 renamed a few reason phrases; Python 3.11's HTTPStatus still has the old ones.
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def reason(status: int) -> str:
+    """The RFC 9110 reason phrase for ``status``."""
+    return _RFC9110_PHRASES.get(status) or HTTPStatus(status).phrase
+
+
 _STATUS_LINES: dict[int, bytes] = {
-    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("ascii") for s in HTTPStatus
+    s.value: f"HTTP/1.1 {s.value} {reason(s.value)}\r\n".encode("ascii") for s in HTTPStatus
 }
 
 
@@ -45,6 +59,31 @@ class Response:
     spans: list[tuple[bytes, int, int]] = field(default_factory=list)
     trailer: bytes = b""
     close: bool = False
+    middle: bytes | None = None  # pre-encoded header lines (from the cache): replaces headers
+
+
+def encode_middle(
+    headers: list[tuple[bytes, bytes]], extra: tuple[tuple[bytes, bytes], ...] = ()
+) -> bytes:
+    """The response-specific header lines, each ending in CRLF."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    return b"".join(parts)
+
+
+_KEEP_ALIVE = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+_SERVER_LINE = b"\r\nServer: " + SERVER + b"\r\n"
+
+
+def assemble_head(status: int, middle: bytes, date: bytes, keep_alive: bool) -> bytes:
+    """Status line, Date, Server, ``middle``, Connection: the whole head, ready for the wire."""
+    # Interim responses carry no Connection header.
+    end = b"\r\n" if status < 200 else _KEEP_ALIVE if keep_alive else _CLOSE
+    return b"".join((_STATUS_LINES[status], b"Date: ", date, _SERVER_LINE, middle, end))
 
 
 def encode_head(
@@ -55,18 +94,7 @@ def encode_head(
     extra: tuple[tuple[bytes, bytes], ...] = (),
 ) -> bytes:
     """The status line and header section, CRLF-terminated, ready for the wire."""
-    parts = [_STATUS_LINES[status], b"Date: ", date, b"\r\nServer: ", SERVER, b"\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    for name, value in extra:
-        parts += (name, b": ", value, b"\r\n")
-    if status >= 200:
-        parts.append(
-            b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n"
-        )
-    else:
-        parts.append(b"\r\n")
-    return b"".join(parts)
+    return assemble_head(status, encode_middle(headers, extra), date, keep_alive)
 
 
 CONTINUE = _STATUS_LINES[HTTPStatus.CONTINUE] + b"\r\n"
@@ -86,7 +114,7 @@ def error_response(err: HttpError, *, head_only: bool = False) -> Response:
     status = err.status
     if status in _NO_CONTENT:
         return Response(status, list(err.headers), close=err.close)
-    text = f"{status.value} {status.phrase}\n"
+    text = f"{status.value} {reason(status.value)}\n"
     if err.detail:
         text += f"{err.detail}\n"
     resp = text_response(status, text, head_only=head_only, close=err.close)

@@ -62,7 +62,9 @@ class Upload:
                 self.abort()
                 if exc.errno == errno.EFBIG:
                     raise HttpError(
-                        HTTPStatus.CONTENT_TOO_LARGE, "file too large for the disk", close=True
+                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                        "file too large for the disk",
+                        close=True,
                     ) from None
                 raise os_error_to_http(exc) from None
             view = view[n:]

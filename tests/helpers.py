@@ -134,7 +134,7 @@ class Client:
                 raise ConnectionError(f"closed before a full head; got {self.buf[:200]!r}")
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
-        version, status, reason = (lines[0].split(" ", 2) + [""])[:3]
+        version, status, reason = ([*lines[0].split(" ", 2), ""])[:3]
         assert version == "HTTP/1.1", lines[0]
         headers = [tuple(x.strip() for x in line.split(":", 1)) for line in lines[1:]]
         reply = Reply(int(status), reason, headers, b"", head)  # type: ignore[arg-type]

@@ -1,0 +1,306 @@
+"""The connection state machine, driven by inputs only: no sockets, just a folder."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from evloop_httpd.connection import (
+    INTEREST,
+    READ,
+    TRANSITIONS,
+    WRITE,
+    Connection,
+    ConnState,
+    Context,
+    Input,
+)
+from evloop_httpd.responses import CONTINUE
+
+from .helpers import make_config
+
+S = ConnState
+
+
+class Recorder:
+    """An Observer that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.bugs: list[BaseException] = []
+        self.heads: list[bytes] = []
+        self.done: list[tuple[int, int]] = []
+        self.transitions: list[tuple[ConnState, Input, ConnState]] = []
+
+    def transition(self, conn: Connection, old: ConnState, inp: Input, new: ConnState) -> None:
+        self.transitions.append((old, inp, new))
+
+    def response_head(self, conn: Connection, head: bytes) -> None:
+        self.heads.append(head)
+
+    def request_done(self, conn: Connection) -> None:
+        self.done.append((conn.status, conn.sent))
+
+    def bug(self, conn: Connection, exc: BaseException) -> None:
+        self.bugs.append(exc)
+
+
+def make(root: Path, **overrides: object) -> tuple[Connection, Recorder]:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True, **overrides), rec)
+    return Connection(ctx, now=0.0), rec
+
+
+def flush_out(conn: Connection, now: float = 0.0) -> bytes:
+    """Play the reactor: take everything the connection wants to send, file spans included."""
+    sent = b""
+    while conn.state in (S.WRITING_HEADERS, S.WRITING_CONTINUE, S.STREAMING_FILE):
+        if conn.out:
+            chunk = conn.out[conn.out_pos :][:5]  # short writes on purpose
+            sent += chunk
+            conn.wrote(len(chunk), now)
+        else:
+            data = os.pread(conn.file_fd, min(conn.file_remaining, 3), conn.file_offset)
+            sent += data
+            conn.streamed(len(data), now)
+        if conn.state is S.WRITING_HEADERS and not conn.out and conn.file_remaining == 0:
+            break
+    return sent
+
+
+BIG = bytes(range(256)) * 1024  # over fastpath.MAX_BODY_BYTES: streamed from the file
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "a.txt").write_bytes(b"alpha\n")
+    (tmp_path / "big.bin").write_bytes(BIG)
+    return tmp_path
+
+
+@pytest.mark.parametrize("state,inp", list(itertools.product(ConnState, Input)))
+def test_every_state_input_pair_is_defined_or_closes_as_a_bug(
+    root: Path, state: ConnState, inp: Input
+) -> None:
+    conn, rec = make(root)
+    conn.state = state
+    conn._fire(inp)
+    expected = TRANSITIONS.get((state, inp))
+    if expected is None:
+        assert conn.state is S.CLOSED
+        assert len(rec.bugs) == 1
+    else:
+        assert conn.state is expected
+        assert rec.bugs == []
+    assert conn.state in ConnState
+
+
+def test_interest_follows_state_alone() -> None:
+    assert INTEREST[S.READING_HEADERS] == READ
+    assert INTEREST[S.READING_BODY] == READ
+    assert INTEREST[S.LINGERING] == READ
+    assert INTEREST[S.WRITING_HEADERS] == WRITE
+    assert INTEREST[S.WRITING_CONTINUE] == WRITE
+    assert INTEREST[S.STREAMING_FILE] == WRITE
+    assert INTEREST[S.CLOSED] == 0
+    assert set(INTEREST) == set(ConnState)
+
+
+def test_every_state_is_reachable_and_can_close() -> None:
+    reachable = {S.READING_HEADERS}
+    changed = True
+    while changed:
+        changed = False
+        for (src, _), dst in TRANSITIONS.items():
+            if src in reachable and dst not in reachable:
+                reachable.add(dst)
+                changed = True
+    assert reachable == set(ConnState)
+    for state in ConnState:
+        if state is not S.CLOSED:
+            assert (state, Input.ABORT) in TRANSITIONS
+
+
+def test_small_file_goes_out_with_its_head(root: Path) -> None:
+    conn, rec = make(root)
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert conn.state is S.WRITING_HEADERS
+    assert conn.out.endswith(b"\r\n\r\nalpha\n")
+    assert conn.file_fd == -1
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert [t[1] for t in rec.transitions] == [Input.HEAD_COMPLETE, Input.RESPONSE_DONE]
+
+
+def test_get_goes_through_headers_then_file_then_back(root: Path) -> None:
+    conn, rec = make(root)
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert conn.state is S.WRITING_HEADERS
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert wire.endswith(b"\r\n\r\n" + BIG)
+    assert conn.state is S.READING_HEADERS
+    path = [(old, inp, new) for old, inp, new in rec.transitions]
+    assert path == [
+        (S.READING_HEADERS, Input.HEAD_COMPLETE, S.WRITING_HEADERS),
+        (S.WRITING_HEADERS, Input.FILE_FOLLOWS, S.STREAMING_FILE),
+        (S.STREAMING_FILE, Input.RESPONSE_DONE, S.READING_HEADERS),
+    ]
+    assert rec.done == [(200, len(wire))]
+
+
+def test_head_sends_no_body_and_holds_no_file(root: Path) -> None:
+    conn, _ = make(root)
+    conn.receive(b"HEAD /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert conn.file_fd == -1
+    wire = flush_out(conn)
+    assert b"Content-Length: 6\r\n" in wire
+    assert wire.endswith(b"\r\n\r\n")
+    assert conn.state is S.READING_HEADERS
+
+
+def test_pipelined_requests_are_answered_in_order_without_new_input(root: Path) -> None:
+    conn, _ = make(root)
+    conn.receive(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"HEAD /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        0.0,
+    )
+    # One receive, then only writes: each response ends by parsing the next buffered request.
+    wire = flush_out(conn)
+    statuses = re.findall(rb"HTTP/1\.1 \d{3} [^\r]*", wire)
+    assert statuses == [b"HTTP/1.1 200 OK", b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 OK"]
+    assert conn.state is S.READING_HEADERS
+
+
+def test_framing_error_answers_then_never_parses_again(root: Path) -> None:
+    conn, rec = make(root)
+    conn.receive(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        0.0,
+    )
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Connection: close\r\n" in wire
+    assert conn.state is S.LINGERING
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert conn.state is S.LINGERING
+    assert len(rec.heads) == 1  # the pipelined request was never answered
+    conn.receive(b"", 0.0)
+    assert conn.state is S.CLOSED
+
+
+def test_idle_timeout_closes_quietly(root: Path) -> None:
+    conn, rec = make(root)
+    conn.on_timeout(conn.deadline - 0.001)
+    assert conn.state is S.READING_HEADERS  # not yet
+    conn.on_timeout(conn.deadline)
+    assert conn.state is S.CLOSED
+    assert rec.heads == []
+
+
+def test_partial_head_timeout_answers_408(root: Path) -> None:
+    conn, _rec = make(root)
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHo", 1.0)
+    assert conn.deadline == pytest.approx(1.0 + conn.ctx.config.timeouts.head_s)
+    conn.on_timeout(conn.deadline)
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert conn.state is S.LINGERING
+
+
+def test_put_with_continue_then_body(root: Path) -> None:
+    conn, _rec = make(root)
+    conn.receive(
+        b"PUT /new.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        0.0,
+    )
+    assert conn.state is S.WRITING_CONTINUE
+    assert conn.out == CONTINUE
+    conn.wrote(len(CONTINUE), 0.0)
+    assert conn.state is S.READING_BODY
+    conn.receive(b"12", 0.0)
+    assert not (root / "new.txt").exists()  # nothing at the target until the body is whole
+    conn.receive(b"345", 0.0)
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 201 Created\r\n")
+    assert (root / "new.txt").read_bytes() == b"12345"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+
+
+def test_put_aborted_by_eof_leaves_nothing(root: Path) -> None:
+    conn, _ = make(root)
+    conn.receive(b"PUT /a.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npartial", 0.0)
+    assert conn.state is S.READING_BODY
+    conn.abort()
+    assert conn.state is S.CLOSED
+    assert (root / "a.txt").read_bytes() == b"alpha\n"
+    assert sorted(p.name for p in root.iterdir()) == ["a.txt", "big.bin"]
+
+
+def test_truncated_file_aborts_instead_of_finishing(root: Path) -> None:
+    conn, _rec = make(root)
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    conn.wrote(len(conn.out), 0.0)
+    assert conn.state is S.STREAMING_FILE
+    conn.streamed(0, 0.0)  # sendfile hit end of file before the promised length
+    assert conn.state is S.CLOSED
+    assert conn.file_fd == -1
+
+
+def test_bug_in_handler_gives_500_and_keeps_state_machine_sane(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, rec = make(root)
+
+    def explode(*args: object) -> None:
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(type(conn.ctx.handler), "begin", explode)
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"boom" not in wire and b"Traceback" not in wire
+    assert len(rec.bugs) == 1
+    assert conn.state is S.LINGERING
+
+
+def test_stall_deadline_enforces_minimum_rate(root: Path) -> None:
+    conn, _ = make(root, timeouts={"stall_s": 10.0, "min_rate_bytes_s": 100})
+    conn.receive(b"PUT /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", 0.0)
+    assert conn.state is S.READING_BODY
+    # A byte every 5 s never trips a pure inactivity timer; the average-rate bound does.
+    now = 0.0
+    while conn.state is S.READING_BODY and now < 100:
+        now += 5.0
+        conn.on_timeout(now)
+        if conn.state is S.READING_BODY:
+            conn.receive(b"x", now)
+    assert conn.state is S.WRITING_HEADERS
+    assert now <= 15.0
+    assert conn.out.startswith(b"HTTP/1.1 408 ")
+
+
+def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
+    from evloop_httpd.reactor import more_follows
+
+    conn, _ = make(root)
+    get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.receive(get + get, 0.0)  # the second waits in inbuf while the first is written
+    assert conn.state is S.WRITING_HEADERS
+    assert more_follows(conn)
+    conn.inbuf = bytearray(get[:-2])  # incomplete: the batch must not wait on it
+    assert not more_follows(conn)
+    conn.inbuf = bytearray(b"PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n")
+    assert not more_follows(conn)
+    conn.inbuf = bytearray()
+    assert not more_follows(conn)
+    big, _ = make(root)
+    big.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n" + get, 0.0)
+    assert big.file_remaining > 0
+    assert not more_follows(big)  # a file follows this head

@@ -1,0 +1,241 @@
+"""Limits end to end: the connection cap, graceful shutdown under load, and the memory and
+descriptors that idle connections and a long run of requests cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import SMALL
+from .helpers import (
+    DEADLINE_S,
+    REPO,
+    Client,
+    connect,
+    get,
+    read_serving_port,
+    request,
+    running,
+    spawn_cli,
+    wait_until,
+)
+
+BIG = 16 * 1024 * 1024
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_max_connections_pauses_accept_until_a_slot_frees(www: Path) -> None:
+    with running(www, max_connections=5) as srv:
+        held = [Client(srv.port) for _ in range(5)]
+        try:
+            for c in held:
+                c.send(get("/hello.txt"))
+                assert c.read_response().body == SMALL
+            assert srv.server.count == 5
+            waiting = connect(srv.port)  # the kernel queues it; the server must not take it
+            waiting.sendall(get("/hello.txt"))
+            assert not select.select([waiting], [], [], 0.3)[0]
+            assert srv.server.count == 5
+            held.pop().close()
+            waiting.settimeout(DEADLINE_S)
+            assert waiting.recv(4096).startswith(b"HTTP/1.1 200 ")
+            waiting.close()
+            assert wait_until(lambda: srv.server.count == 4)
+        finally:
+            for c in held:
+                c.close()
+
+
+def test_sigterm_under_load_finishes_responses_and_aborts_puts(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    payload = bytes(range(256)) * (BIG // 256)
+    (root / "big.bin").write_bytes(payload)
+    (root / "keep.bin").write_bytes(b"old\n")
+    proc = spawn_cli("-p", "0", "-d", str(root), "-q", "--shutdown-timeout", "10")
+    downloads: list[socket.socket] = []
+    puts: list[socket.socket] = []
+    idle: list[Client] = []
+    try:
+        port = read_serving_port(proc)
+        for _ in range(4):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.settimeout(DEADLINE_S)
+            s.connect(("127.0.0.1", port))
+            s.sendall(get("/big.bin"))
+            assert s.recv(1) == b"H"  # the response has begun
+            downloads.append(s)
+        for path in ("/keep.bin", "/new.bin"):
+            s = connect(port)
+            s.sendall(
+                f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n".encode()
+                + payload[: BIG // 4]
+            )
+            puts.append(s)
+        assert wait_until(lambda: len(list(root.glob(".evloop-upload-*"))) == 2)
+        for _ in range(5):
+            c = Client(port, recv_size=4096)
+            c.send(get("/big.bin", method="HEAD"))
+            c.read_response(head_request=True)
+            idle.append(c)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        # In-flight downloads complete, byte for byte.
+        for s in downloads:
+            data = bytearray(b"H")  # bytes += would be quadratic over 16 MiB of small reads
+            while chunk := s.recv(1 << 20):
+                data += chunk
+            _head, body = bytes(data).split(b"\r\n\r\n", 1)
+            assert len(body) == len(payload), (len(body), time.monotonic() - started)
+            assert body == payload
+            s.close()
+        # Half-received PUTs are dropped, with nothing left on disk.
+        for s in puts:
+            s.settimeout(DEADLINE_S)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(4096) == b""
+        for c in idle:
+            assert c.closed_by_peer()
+        proc.wait(DEADLINE_S)
+        assert time.monotonic() - started < 10 + DEADLINE_S
+    finally:
+        for s in downloads + puts:
+            s.close()
+        for c in idle:
+            c.close()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0
+    assert (root / "keep.bin").read_bytes() == b"old\n"
+    assert not (root / "new.bin").exists()
+    assert not list(root.glob(".evloop-upload-*"))
+
+
+@pytest.mark.slow
+def test_idle_connections_cost_is_bounded_and_returned(tmp_path: Path) -> None:
+    n = 3000
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_bytes(SMALL)
+    proc = spawn_cli("-p", "0", "-d", str(root), "-q", "--idle-timeout", "120")
+    clients: list[socket.socket] = []
+    try:
+        port = read_serving_port(proc)
+        assert request(port, get("/hello.txt")).body == SMALL
+        # At rest: stdin, stdout, stderr, epoll, the waker pair and the listener.
+        assert wait_until(lambda: open_fds(proc.pid) == 7), open_fds(proc.pid)
+        rss0, fds0 = rss_kib(proc.pid), open_fds(proc.pid)
+        for _ in range(n):
+            s = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S)
+            s.sendall(get("/hello.txt"))
+            clients.append(s)
+        for s in clients:
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert wait_until(lambda: open_fds(proc.pid) >= fds0 + n)
+        per_conn = (rss_kib(proc.pid) - rss0) * 1024 / n
+        # Measured about 1 KiB each; 16 KiB would mean buffers kept per idle connection.
+        assert per_conn < 16 * 1024, per_conn
+        print(f"idle connection cost: {per_conn:.0f} bytes each over {n}")
+        for s in clients:
+            s.close()
+        clients.clear()
+        assert wait_until(lambda: open_fds(proc.pid) == fds0), open_fds(proc.pid)
+        assert request(port, get("/hello.txt")).body == SMALL
+    finally:
+        for s in clients:
+            s.close()
+        proc.terminate()
+        proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_soak_has_no_descriptor_or_memory_growth(tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_bytes(SMALL)
+    (root / "mid.bin").write_bytes(b"m" * 100_000)
+    proc = spawn_cli("-p", "0", "-d", str(root), "-q")
+    try:
+        port = read_serving_port(proc)
+
+        def round_() -> None:
+            with Client(port, recv_size=65536) as c:
+                batch = (
+                    get("/hello.txt")
+                    + get("/mid.bin", method="HEAD")
+                    + get("/missing")
+                    + b"PUT /up.txt HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+                    + get("/mid.bin")
+                )
+                c.send(batch * 20)
+                for _ in range(20):
+                    assert c.read_response().status == 200
+                    assert c.read_response(head_request=True).status == 200
+                    assert c.read_response().status == 404
+                    assert c.read_response().status in (201, 204)
+                    assert len(c.read_response().body) == 100_000
+            assert request(port, get("/hello.txt", "Connection: close\r\n")).body == SMALL
+
+        for _ in range(100):  # warm-up
+            round_()
+        assert wait_until(lambda: open_fds(proc.pid) == 7), open_fds(proc.pid)
+        rss0, fds0 = rss_kib(proc.pid), open_fds(proc.pid)
+        for _ in range(400):  # 40,000 more requests
+            round_()
+        assert wait_until(lambda: open_fds(proc.pid) == fds0), (open_fds(proc.pid), fds0)
+        growth = rss_kib(proc.pid) - rss0
+        assert growth < 2048, f"RSS grew {growth} KiB over 40,000 requests"
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0
+    assert not list(root.glob(".evloop-upload-*"))
+
+
+def test_cli_raises_soft_nofile_towards_max_connections(tmp_path: Path) -> None:
+    # The server should not hit EMFILE long before --max-connections just because the
+    # inherited soft limit is low (1024 on many systems) while the hard limit allows more.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evloop_httpd", "-p", "0", "-d", str(tmp_path), "-q"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        read_serving_port(proc)
+        with open(f"/proc/{proc.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        new_soft = int(line.split()[3])
+        assert new_soft == min(hard, 10_000 + 64), line
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=DEADLINE_S)
+    assert soft > 0

@@ -108,23 +108,16 @@ AUTHORITY_FORM = re.compile(_HOST + rb":[0-9]+")
 #   qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text; quoted-pair = "\" ( HTAB / SP /
 #   VCHAR / obs-text )
 # At most 16 hex digits: enough for any size we could accept, and a cheap bound on the int.
+# No whitespace between the size and the first ";" (D4): the RFC's BWS there is a MUST-accept,
+# but h11 refuses it, and whitespace after a chunk size is a known source of disagreement
+# between proxies; after the ";" BWS is accepted as the RFC says.
 _BWS = rb"[ \t]*"
 _QUOTED = rb'"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"'
+_CHUNK_EXT = (
+    _BWS + TCHAR + rb"+(?:" + _BWS + rb"=" + _BWS + rb"(?:" + TCHAR + rb"+|" + _QUOTED + rb"))?"
+)
 CHUNK_LINE = re.compile(
-    rb"([0-9A-Fa-f]{1,16})(?:"
-    + _BWS
-    + rb";"
-    + _BWS
-    + TCHAR
-    + rb"+(?:"
-    + _BWS
-    + rb"="
-    + _BWS
-    + rb"(?:"
-    + TCHAR
-    + rb"+|"
-    + _QUOTED
-    + rb"))?)*"
+    rb"([0-9A-Fa-f]{1,16})(?:;" + _CHUNK_EXT + rb"(?:" + _BWS + rb";" + _CHUNK_EXT + rb")*)?"
 )
 
 # RFC 9112 §6.1 / RFC 9110 §10.1.4: transfer-coding = token *( OWS ";" OWS transfer-parameter )

@@ -264,7 +264,7 @@ def read_body(data: bytes, limits: Limits = L, step: int = 0) -> tuple[bytes, li
 CHUNKED_OK = [
     (b"5\r\nhello\r\n0\r\n\r\n", b"hello", []),
     (b'5;a=b;c="d e"\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n', b"hello0123456789", []),
-    (b"0005 ;x\r\nhello\r\n0\r\nT: v\r\n\r\n", b"hello", [(b"t", b"v")]),
+    (b"0005; x = y ;z\r\nhello\r\n0\r\nT: v\r\n\r\n", b"hello", [(b"t", b"v")]),
     (b"0\r\n\r\n", b"", []),
 ]
 CHUNKED_BAD = [
@@ -277,6 +277,8 @@ CHUNKED_BAD = [
     (b"5\r\nhello\n0\r\n\r\n", 400),
     (b"5\nhello\r\n0\r\n\r\n", 400),
     (b"5 \r\nhello\r\n0\r\n\r\n", 400),  # D4: whitespace after the size
+    # D4, found by the fuzzer: BWS before the first ";" (h11 refuses it too).
+    (b"5 ;x\r\nhello\r\n0\r\n\r\n", 400),
     (b"5;a b\r\nhello\r\n0\r\n\r\n", 400),  # D4: extension outside its grammar
     (b"5;" + b"a" * 5000 + b"\r\nhello\r\n0\r\n\r\n", 400),
     (b"0\r\n" + b"T: " + b"v" * 20_000 + b"\r\n\r\n", 400),

@@ -7,6 +7,7 @@ request pipelined behind a malformed one got no answer.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def test_refused_when_trickled_bytewise(
     srv: RunningServer, name: str, data: bytes, status: int
 ) -> None:
     with Client(srv.port) as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one segment per byte
         for i in range(len(data)):
             try:
                 c.send(data[i : i + 1])
@@ -138,6 +140,7 @@ def test_refused_when_trickled_bytewise(
 
 def test_trickled_head_without_line_end_is_refused_at_the_limit(srv: RunningServer) -> None:
     with Client(srv.port) as c:
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sent = 0
         try:
             for _ in range(5000):

@@ -146,7 +146,9 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes
     data = bytearray(draw(base))
     for _ in range(draw(st.integers(1, 3))):
         kind = draw(
-            st.sampled_from(["flip", "insert", "insert", "delete", "dup", "drop", "truncate"])
+            st.sampled_from(
+                ["flip", "insert", "insert", "delete", "dup", "drop", "truncate", "line", "line"]
+            )
         )
         if not data:
             break
@@ -169,9 +171,42 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes
                 data[start:start] = line
             else:
                 del data[start : end + 2]
+        elif kind == "line":
+            # A whole line of a smuggling shape, at a line start.
+            at = data.find(b"\r\n", i)
+            if at >= 0:
+                data[at + 2 : at + 2] = draw(st.sampled_from(_NASTY_LINES))
         else:
             del data[draw(st.integers(0, len(data))) :]
     return bytes(data)
+
+
+_NASTY_LINES = [
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: chunked, identity\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Transfer-Encoding : chunked\r\n",
+    b"Transfer-Encoding:\tchunked\r\n",
+    b"Content-Length: 0\r\n",
+    b"Content-Length: 3\r\n",
+    b"Content-Length: +3\r\n",
+    b"Content-Length: 3, 3\r\n",
+    b"Content-Length: 3,4\r\n",
+    b"Host: a\r\n",
+    b"Host: a b\r\n",
+    b" folded\r\n",
+    b"\tfolded\r\n",
+    b"Connection: close\r\n",
+    b"Expect: 100-continue\r\n",
+    b"X: \x01\r\n",
+    b"\r\n",
+    b"0\r\n\r\n",
+    b"3 ;a\r\nabc\r\n",
+    b'3;a="b"\r\nabc\r\n',
+    b"GET / HTTP/1.1\r\n",
+    b"GET / HTTP/2.0\r\n",
+    b"GET / HTTP/1.0\r\n",
+]
 
 
 def splits(data: bytes) -> st.SearchStrategy[list[int]]:

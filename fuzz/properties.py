@@ -386,7 +386,11 @@ def _root() -> Path:
 
 
 def check_connection(chunks: list[bytes], writes: list[int], limits: Limits = LIMITS) -> None:
-    """Drive a Connection with ``chunks`` of input and write sizes cycling through ``writes``."""
+    """Drive a Connection with ``chunks`` of input and write sizes cycling through ``writes``.
+
+    A write size that is a multiple of 97 fires the timer past the deadline instead; an odd one
+    in LINGERING, with no input left, reports the socket drained.
+    """
     recorder = _Recorder()
     ctx = Context(Config(root=_root(), limits=limits, quiet=True), recorder)
     conn = Connection(ctx, now=0.0)
@@ -432,7 +436,13 @@ def _drive(
             return
         now += 0.001
         size = writes[step % len(writes)] if writes else 1
-        if state in (ConnState.WRITING_HEADERS, ConnState.WRITING_CONTINUE) or (
+        if size % 97 == 0:
+            # Now and then the reactor's timer fires past the deadline instead.
+            now = max(now, conn.deadline) + 0.001
+            conn.on_timeout(now)
+        elif state is ConnState.LINGERING and not pending and size % 2:
+            conn.drained()
+        elif state in (ConnState.WRITING_HEADERS, ConnState.WRITING_CONTINUE) or (
             state is ConnState.STREAMING_FILE and conn.out_pos < len(conn.out)
         ):
             conn.wrote(min(size, len(conn.out) - conn.out_pos), now)

@@ -37,6 +37,7 @@ from .errors import HttpError, bad_request
 _OPTIONS = b"OPTIONS"
 _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
+_TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
 _FRAMING_FIELDS = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
 )
@@ -86,14 +87,16 @@ def parse_head(buf: bytes | bytearray, limits: Limits, scan_from: int = 0) -> Re
         _check_partial(buf, start, len(buf), scan_from, limits)
         return None
     stop = end + 4
-    # The common case, checked in C: no bare LF (every LF is part of a CRLF), a head within its
-    # limit, and a request line within its limit (certain when the head is shorter than that
-    # limit: its LF is then inside the window). Only when one fails is the position-ordered
-    # search needed, to pick the error a byte-by-byte reader would have seen first.
+    # The common case, checked in C: a first byte that can start a method, no bare LF (every LF
+    # is part of a CRLF), a head within its limit, and a request line within its limit (certain
+    # when the head is shorter than that limit: its LF is then inside the window). Only when one
+    # fails is the position-ordered search needed, to pick the error a byte-by-byte reader would
+    # have seen first.
     window_end = start + limits.max_request_line_bytes + 2
     crlfs = buf.count(_CRLF, start, stop)
     if (
         stop > limits.max_head_bytes
+        or not _TCHAR[buf[start]]
         or buf.count(b"\n", start, stop) != crlfs
         or (end + 1 >= window_end and buf.find(b"\n", start, window_end) < 0)
     ):
@@ -124,9 +127,24 @@ def _check_partial(
             break
         lf = buf.find(b"\n", lf + 1, stop)
 
-    # The request line, CRLF included, must end within max_request_line_bytes + 2.
+    # The first byte of the request line must start a method (a token), and is known as soon as
+    # it arrives: refusing it then spares a client that speaks TLS or garbage a head timeout.
+    # A CR at the very start may still be the one empty line we skip (D5).
+    if start < stop and scan_from <= start and not (start == 0 and buf[0] == 13):
+        if not _TCHAR[buf[start]]:
+            found.append((start + 1, bad_request("request does not start with a method")))
+    elif start == 0 and stop >= 2 and scan_from <= 1 and buf[0] == 13 and buf[1] != 10:
+        found.append((2, bad_request("request does not start with a method")))
+
+    # The request line, CRLF included, must end within max_request_line_bytes + 2. The window is
+    # searched once, by the first call that holds all of it: a later call (``scan_from`` past the
+    # window) would only repeat that search, and would make a trickled head quadratic.
     window = limits.max_request_line_bytes + 2
-    if stop - start >= window and buf.find(b"\n", start, start + window) < 0:
+    if (
+        stop - start >= window
+        and scan_from < start + window
+        and buf.find(b"\n", start, start + window) < 0
+    ):
         found.append(
             (
                 start + window,
@@ -235,8 +253,10 @@ def _interpret(
         elif name == b"content-length":
             lengths.append(value)
         elif name == b"transfer-encoding":
+            # Framing is no place for leniency: an empty element (", chunked", "chunked,") is
+            # kept, and refused below, rather than ignored as RFC 9110 §5.6.1.2 allows (D7).
             has_te = True
-            codings.extend(_list_elements(value))
+            codings.extend(e.strip(b" \t") for e in value.split(b","))
         elif name == b"connection":
             connection.extend(_list_elements(value))
         elif name == b"expect":
@@ -301,7 +321,10 @@ def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, by
         return b"*", None, None
     m = grammar.ABSOLUTE_FORM.fullmatch(target)
     if m is not None:
-        return m[2] or b"/", m[3], m[1]
+        # RFC 9110 §4.2.1: an http(s) URI with an empty host MUST be rejected as invalid.
+        if not m[2]:
+            raise bad_request("absolute-form target with an empty host")
+        return m[3] or b"/", m[4], m[1]
     if method == _CONNECT and grammar.AUTHORITY_FORM.fullmatch(target):
         return b"", None, target
     raise bad_request("request target is not origin-form, absolute-form or asterisk-form")
@@ -448,6 +471,9 @@ class ChunkedBody:
                 raise bad_request(self._too_long())
             return None
         self._scanned = 0
+        # Same order as a byte-by-byte feed: too long (without LF) first, then a bare LF.
+        if lf - pos > limit + 1:
+            raise bad_request(self._too_long())
         if lf == pos or buf[lf - 1] != 13:
             raise bad_request("line ends in a bare LF; CRLF is required")
         if lf - 1 - pos > limit:
@@ -482,5 +508,5 @@ class ChunkedBody:
         self.trailer_bytes += len(line) + 2
         m = grammar.FIELD_LINE.fullmatch(line)
         if m is None:
-            raise bad_request("malformed trailer field")
+            raise bad_request(_field_line_problem(line).replace("header", "trailer"))
         self.trailers.append((m[1].lower(), m[2].rstrip(b" \t")))

@@ -215,6 +215,19 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE_S) -> bo
     return predicate()
 
 
+CURL_TIMEOUT_S = 20
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """curl as a user runs it, but never through a proxy the environment may name."""
+    return subprocess.run(
+        ["curl", "-sS", "--noproxy", "*", "--max-time", str(CURL_TIMEOUT_S), *args],
+        capture_output=True,
+        timeout=CURL_TIMEOUT_S + 10,
+        check=False,
+    )
+
+
 def spawn_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """``python -m evloop_httpd ARGS`` as a user would start it."""
     return subprocess.Popen(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
@@ -11,11 +10,10 @@ from pathlib import Path
 import pytest
 
 from .conftest import SMALL
-from .helpers import Client, RunningServer, get, request, running
+from .helpers import Client, RunningServer, curl, get, request, running
 
 PAST = "Sat, 01 Jan 2000 00:00:00 GMT"
 FUTURE = "Fri, 01 Jan 2100 00:00:00 GMT"
-CURL_TIMEOUT_S = 20
 
 
 def hdrs(**kw: str) -> str:
@@ -212,15 +210,6 @@ def test_zero_length_put_precondition_failure_keeps_connection(server: RunningSe
         assert reply.header("Connection") == "keep-alive"
         c.send(get("/hello.txt"))
         assert c.read_response().body == SMALL
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["curl", "-sS", "--noproxy", "*", *args],
-        capture_output=True,
-        timeout=CURL_TIMEOUT_S,
-        check=False,
-    )
 
 
 def test_curl_time_condition(server: RunningServer, tmp_path: Path) -> None:

@@ -9,20 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import DEADLINE_S, RunningServer, running, wait_until
+from .helpers import DEADLINE_S, RunningServer, curl, running, wait_until
 
 CURL = shutil.which("curl")
 if CURL is None:  # pragma: no cover - curl ships with the machine image
     pytest.fail("these tests need curl on PATH", pytrace=False)
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [CURL, "-s", "--noproxy", "*", "--max-time", "20", *args],
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def code(*args: str) -> str:

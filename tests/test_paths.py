@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Client, RunningServer, make_config, request
+from .helpers import Client, RunningServer, make_config, request, running
 
 SECRET = b"TOP-SECRET-outside-the-root\n"
 DOT_SECRET = b"API_KEY=hunter2\n"
@@ -144,7 +144,7 @@ def test_put_to_hidden_names_refused(srv: RunningServer, layout: Path, target: b
 
 
 def test_dotfiles_flag_serves_them(layout: Path) -> None:
-    with RunningServerCtx(layout, dotfiles=True) as s:
+    with running(layout, dotfiles=True) as s:
         assert request(s.port, raw(b"GET", b"/.env")).body == DOT_SECRET
         assert request(s.port, raw(b"GET", b"/.git/config")).body == DOT_SECRET
         # Upload temp files stay hidden even then.
@@ -162,7 +162,7 @@ def test_symlink_inside_root_followed(srv: RunningServer) -> None:
 
 
 def test_follow_symlinks_flag_allows_outside_reads_but_never_writes(layout: Path) -> None:
-    with RunningServerCtx(layout, follow_symlinks=True) as s:
+    with running(layout, follow_symlinks=True) as s:
         assert request(s.port, raw(b"GET", b"/escape-file")).body == SECRET
         assert request(s.port, raw(b"GET", b"/escape/secret.txt")).body == SECRET
         # Writing through a link out of the root is refused whatever the flag says.
@@ -198,17 +198,6 @@ def test_fifo_is_not_served(srv: RunningServer, layout: Path) -> None:
     # Opening a FIFO for reading would block the loop forever if it were not O_NONBLOCK.
     assert request(srv.port, raw(b"GET", b"/pipe")).status == 404
     assert request(srv.port, raw(b"GET", b"/hello.txt")).status == 200
-
-
-class RunningServerCtx:
-    def __init__(self, root: Path, **overrides: object) -> None:
-        self.srv = RunningServer(make_config(root, **overrides))
-
-    def __enter__(self) -> RunningServer:
-        return self.srv
-
-    def __exit__(self, *exc: object) -> None:
-        self.srv.stop()
 
 
 def test_literal_percent_in_a_name_still_works(srv: RunningServer, layout: Path) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 
-from .helpers import DEADLINE_S, Client, RunningServer, connect, get, request
-
-CURL_TIMEOUT_S = 20
+from .helpers import DEADLINE_S, Client, RunningServer, connect, curl, get, request
 
 
 def rng(path: str, value: str, extra: str = "", method: str = "GET") -> bytes:
@@ -195,15 +192,6 @@ def test_segmented_download_over_eight_connections(server: RunningServer) -> Non
         for sock in socks:
             sock.close()
     assert b"".join(pieces) == whole
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        ["curl", "-sS", "--noproxy", "*", *args],
-        capture_output=True,
-        timeout=CURL_TIMEOUT_S,
-        check=False,
-    )
 
 
 def test_curl_range(server: RunningServer) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SMALL
-from .helpers import DEADLINE_S, Client, RunningServer, connect, get, make_config, request
+from .helpers import DEADLINE_S, Client, RunningServer, connect, get, make_config, request, running
 
 BIG = 16 * 1024 * 1024
 SHORT = {"head_s": 0.4, "idle_s": 0.4, "stall_s": 0.4, "linger_s": 0.4, "min_rate_bytes_s": 1024}
@@ -197,19 +197,8 @@ def _wait_count(srv: RunningServer, n: int) -> bool:
 def test_timer_heap_stays_bounded_under_connection_churn(www: Path) -> None:
     # Timers are lazily re-armed, so closed connections leave stale heap entries behind; they
     # must not pile up (each one holds a whole Connection) while clients come and go.
-    with RunningServerCtx(www) as srv:
+    with running(www) as srv:
         for _ in range(600):
             assert request(srv.port, get("/hello.txt", "Connection: close\r\n")).status == 200
         assert _wait_count(srv, 0)
         assert len(srv.server._timers) < 200, len(srv.server._timers)
-
-
-class RunningServerCtx:
-    def __init__(self, root: Path, **overrides: object) -> None:
-        self.srv = RunningServer(make_config(root, **overrides))
-
-    def __enter__(self) -> RunningServer:
-        return self.srv
-
-    def __exit__(self, *exc: object) -> None:
-        self.srv.stop()

@@ -182,6 +182,10 @@ _SIMPLE_TARGET = re.compile(
 _REQUEST_LINE = re.compile(rb"[!-~]+ ([!-~]+) HTTP/")
 _ODD_CHUNK_LINE = re.compile(rb"\n[0-9A-Fa-f]+(?:[ \t;]|[0-9A-Fa-f]{16})")
 _HOST_LINE = re.compile(rb"\n[Hh][Oo][Ss][Tt]:[ \t]*([^\r\n]*?)[ \t]*\r", re.IGNORECASE)
+_FRAMING_TRAILER = re.compile(
+    rb"\r\n0+(?:;[^\r\n]*)?\r\n(?:[^\r\n]*\r\n)*?(?:content-length|transfer-encoding|host):",
+    re.IGNORECASE,
+)
 _SIMPLE_HOST = re.compile(rb"[A-Za-z0-9.\-]*(?::[0-9]*)?")
 
 
@@ -257,6 +261,11 @@ DEVIATIONS: tuple[Deviation, ...] = (
         lambda d: (
             b"transfer-encoding" in _head(d).lower() and b"content-length" in _head(d).lower()
         ),
+    ),
+    Deviation(
+        "D13 framing field in a trailer",
+        frozenset({"framing or routing field in a trailer"}),
+        lambda d: bool(_FRAMING_TRAILER.search(d)),
     ),
     Deviation(
         "D12 Host required on HTTP/1.2-1.9",

@@ -189,3 +189,13 @@ def test_compare_catches_an_unexplained_difference(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(props, "_request_event", lossy)
     with pytest.raises(AssertionError, match="different results"):
         props.compare(b"GET / HTTP/1.1\r\n" + H + b"X: y\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    "trailer", [b"Transfer-Encoding: chunked", b"Content-Length: 5", b"Host: other"]
+)
+def test_d13_framing_fields_in_trailers(trailer: bytes) -> None:
+    # History: the long fuzz run found h11 refusing "Transfer-Encoding: chunked, identity" as a
+    # trailer (it validates trailers like headers) where we accepted any trailer field.
+    data = b"PUT / HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n0\r\n"
+    assert_deviation(data + trailer + b"\r\n\r\n", "D13 framing field in a trailer")

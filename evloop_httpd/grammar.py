@@ -24,6 +24,8 @@ section behind it and its own test, in docs/deviations.md):
 * D9. The Host value must be ``uri-host [":" port]`` (h11 takes any value).
 * D10, D11. Transfer-Encoding on HTTP/1.0, or with Content-Length: 400 and close.
 * D12. HTTP/1.2-1.9 are HTTP/1.1, Host requirement included (h11 requires it for 1.1 only).
+* D13. Content-Length, Transfer-Encoding and Host are refused as trailers (RFC 9110 §6.5.1; h11
+  validates their values there like header values).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ _OPTIONS = b"OPTIONS"
 _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
 _TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
-_FRAMING_IN_TRAILER = frozenset({b"transfer-encoding", b"content-length"})
+_NOT_TRAILERS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _FRAMING_FIELDS = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
 )
@@ -508,10 +508,11 @@ class ChunkedBody:
             return
         self.trailer_bytes += len(line) + 2
         m = grammar.FIELD_LINE.fullmatch(line)
-        # RFC 9110 §6.5.1: fields that describe framing cannot be in a trailer. We discard
-        # trailers, but a message that carries them there is smuggling-shaped: refuse (D13).
-        if m is not None and m[1].lower() in _FRAMING_IN_TRAILER:
-            raise bad_request("framing field in the trailer section")
         if m is None:
             raise bad_request(_field_line_problem(line).replace("header", "trailer"))
-        self.trailers.append((m[1].lower(), m[2].rstrip(b" \t")))
+        name = m[1].lower()
+        # RFC 9110 §6.5.1: framing and routing fields cannot be sent as trailers. A recipient
+        # that merged one into the header section would frame the message anew (D13).
+        if name in _NOT_TRAILERS:
+            raise bad_request("framing or routing field in a trailer")
+        self.trailers.append((name, m[2].rstrip(b" \t")))

@@ -182,12 +182,11 @@ _SIMPLE_TARGET = re.compile(
 _REQUEST_LINE = re.compile(rb"[!-~]+ ([!-~]+) HTTP/")
 _ODD_CHUNK_LINE = re.compile(rb"\n[0-9A-Fa-f]+(?:[ \t;]|[0-9A-Fa-f]{16})")
 _HOST_LINE = re.compile(rb"\n[Hh][Oo][Ss][Tt]:[ \t]*([^\r\n]*?)[ \t]*\r", re.IGNORECASE)
-_SIMPLE_HOST = re.compile(rb"[A-Za-z0-9.\-]*(?::[0-9]*)?")
-# A last-chunk line, then trailer lines, one of them Transfer-Encoding or Content-Length.
 _FRAMING_TRAILER = re.compile(
-    rb"\n0+(?:[;\t ][^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*(?:transfer-encoding|content-length)[ \t]*:",
+    rb"\r\n0+(?:;[^\r\n]*)?\r\n(?:[^\r\n]*\r\n)*?(?:content-length|transfer-encoding|host):",
     re.IGNORECASE,
 )
+_SIMPLE_HOST = re.compile(rb"[A-Za-z0-9.\-]*(?::[0-9]*)?")
 
 
 def _head(data: bytes) -> bytes:
@@ -264,14 +263,14 @@ DEVIATIONS: tuple[Deviation, ...] = (
         ),
     ),
     Deviation(
+        "D13 framing field in a trailer",
+        frozenset({"framing or routing field in a trailer"}),
+        lambda d: bool(_FRAMING_TRAILER.search(d)),
+    ),
+    Deviation(
         "D12 Host required on HTTP/1.2-1.9",
         frozenset({"HTTP/1.1 request without a Host header"}),
         lambda d: bool(re.search(rb"HTTP/1\.[2-9]", _head(d))),
-    ),
-    Deviation(
-        "D13 framing field in a trailer",
-        frozenset({"framing field in the trailer section"}),
-        lambda d: bool(_FRAMING_TRAILER.search(d)),
     ),
 )
 _BY_DETAIL = {detail: dev for dev in DEVIATIONS for detail in dev.details}

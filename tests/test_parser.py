@@ -285,6 +285,8 @@ CHUNKED_BAD = [
     (b"0\r\nT: a\r\n b\r\n\r\n", 400),
     (b"0\r\nT: a\x00\r\n\r\n", 400),
     (b"0\r\nT : a\r\n\r\n", 400),
+    (b"0\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),  # D13
+    (b"0\r\nContent-Length: 5\r\n\r\n", 400),  # D13
     (b"8\r\n" + b"x" * 8 + b"\r\n" + b"ffffffffff\r\n", 413),
 ]
 

@@ -70,6 +70,7 @@ CLOSING = [
     ("chunk no crlf after data", CHUNKED + b"3\r\nabcXY0\r\n\r\n", 400),
     ("chunk ext too long", CHUNKED + b"3;" + b"e" * 100 + b"\r\nabc\r\n0\r\n\r\n", 400),
     ("trailer too long", CHUNKED + b"0\r\nT: " + b"v" * 400 + b"\r\n\r\n", 400),
+    ("te as trailer", CHUNKED + b"0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
     # Syntax.
     ("double space", b"GET  /hello.txt HTTP/1.1\r\n" + H + b"\r\n", 400),
     ("method not token", b"G@T /hello.txt HTTP/1.1\r\n" + H + b"\r\n", 400),

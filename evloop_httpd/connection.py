@@ -12,7 +12,13 @@ The reactor drives a connection through four calls, each given the current time:
 * :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
 * :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
 * :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
-* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed.
+* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
+
+and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
+:meth:`Connection.abort` (a socket error, or the server stopping).
+
+A parsed request is answered from the response cache (:mod:`fastpath`) when that can be done
+safely, else by the handler; either way the answer is a :class:`Response` plan.
 
 ``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
 been sent, it becomes an error response; otherwise the connection aborts. Any other exception is

@@ -39,11 +39,12 @@ from enum import Enum
 from http import HTTPStatus
 from typing import Protocol
 
+from .body import ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
 from .handler import Handler
-from .parser import ChunkedBody, FixedBody, Request, parse_head
+from .parser import Request, parse_head
 from .responses import (
     CONTINUE,
     DateCache,

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 
+from evloop_httpd.body import ChunkedBody, FixedBody
 from evloop_httpd.config import Limits
 from evloop_httpd.errors import HttpError
-from evloop_httpd.parser import ChunkedBody, FixedBody, Request, parse_head
+from evloop_httpd.parser import Request, parse_head
 
 L = Limits()
 H = b"Host: example.org\r\n"

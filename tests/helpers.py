@@ -228,8 +228,12 @@ def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
 
 
-def spawn_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``python -m evloop_httpd ARGS`` as a user would start it."""
+def spawn_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[str]:
+    """``python -m evloop_httpd ARGS`` as a user would start it (``preexec_fn``: for limits)."""
     return subprocess.Popen(
         [sys.executable, "-m", "evloop_httpd", *args],
         cwd=REPO,
@@ -237,6 +241,7 @@ def spawn_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,
     )
 
 

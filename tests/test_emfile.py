@@ -9,12 +9,10 @@ import contextlib
 import os
 import resource
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .helpers import DEADLINE_S, REPO, get, read_serving_port, request, wait_until
+from .helpers import DEADLINE_S, get, read_serving_port, request, spawn_cli, wait_until
 
 NOFILE = 64
 
@@ -39,14 +37,7 @@ def test_emfile_pauses_accept_without_spinning_and_recovers(tmp_path: Path) -> N
     root = tmp_path / "www"
     root.mkdir()
     (root / "hello.txt").write_bytes(b"hello\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "evloop_httpd", "-p", "0", "-d", str(root)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_lower_nofile,
-    )
+    proc = spawn_cli("-p", "0", "-d", str(root), preexec_fn=_lower_nofile)
     clients: list[socket.socket] = []
     try:
         port = read_serving_port(proc)
@@ -86,14 +77,7 @@ def test_emfile_while_serving_a_file_is_503_not_a_crash(tmp_path: Path) -> None:
     root = tmp_path / "www"
     root.mkdir()
     (root / "hello.txt").write_bytes(b"hello\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "evloop_httpd", "-p", "0", "-d", str(root), "-q"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_lower_nofile,
-    )
+    proc = spawn_cli("-p", "0", "-d", str(root), "-q", preexec_fn=_lower_nofile)
     clients: list[socket.socket] = []
     try:
         port = read_serving_port(proc)

@@ -275,8 +275,14 @@ class Server:
     # Serving one connection
 
     def _serve(self, conn: Connection, mask: int, now: float) -> None:
+        self._step(conn, now, read=bool(mask & selectors.EVENT_READ and conn.interest & READ))
+
+    def _step(self, conn: Connection, now: float, *, read: bool = False, due: bool = False) -> None:
+        """One turn for one connection: read (or fire its timer), pump, settle."""
         try:
-            if mask & selectors.EVENT_READ and conn.interest & READ:
+            if due:
+                conn.on_timeout(now)
+            elif read:
                 self._read(conn, now)
             self._pump(conn, now)
         except Exception as exc:  # a bug outside the connection's own guard: drop only this one
@@ -397,9 +403,10 @@ class Server:
         # the heap until they fire, each holding its Connection. Under churn that is thousands
         # of dead objects; dropping them once they outnumber the live ones costs O(n) per n/2
         # pushes, so O(1) amortized per push.
-        live = [e for e in self._timers if e[2].sock is not None and e[0] == e[2].timer_at]
-        heapq.heapify(live)
-        self._timers = live
+        # In place: _run_timers may be iterating this very list when an _arm lands here.
+        timers = self._timers
+        timers[:] = [e for e in timers if e[2].sock is not None and e[0] == e[2].timer_at]
+        heapq.heapify(timers)
 
     def _run_timers(self, now: float) -> None:
         timers = self._timers
@@ -413,13 +420,7 @@ class Server:
             if conn.deadline > now:
                 self._arm(conn)
                 continue
-            conn.on_timeout(now)
-            try:
-                self._pump(conn, now)
-            except Exception as exc:
-                self.logs.bug(conn, exc)
-                conn.abort()
-            self._settle(conn)
+            self._step(conn, now, due=True)
 
     # Graceful stop
 

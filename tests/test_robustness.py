@@ -15,8 +15,20 @@ from pathlib import Path
 
 import pytest
 
+from evloop_httpd.connection import Connection
+
 from .conftest import SMALL
-from .helpers import DEADLINE_S, Client, RunningServer, connect, get, make_config, request, running
+from .helpers import (
+    DEADLINE_S,
+    Client,
+    RunningServer,
+    connect,
+    get,
+    make_config,
+    request,
+    running,
+    wait_until,
+)
 
 BIG = 16 * 1024 * 1024
 SHORT = {"head_s": 0.4, "idle_s": 0.4, "stall_s": 0.4, "linger_s": 0.4, "min_rate_bytes_s": 1024}
@@ -202,3 +214,31 @@ def test_timer_heap_stays_bounded_under_connection_churn(www: Path) -> None:
             assert request(srv.port, get("/hello.txt", "Connection: close\r\n")).status == 200
         assert _wait_count(srv, 0)
         assert len(srv.server._timers) < 200, len(srv.server._timers)
+
+
+def test_timer_compaction_keeps_the_heap_the_loop_is_popping(www: Path) -> None:
+    # History: compaction rebound self._timers to a new list while _run_timers was popping
+    # from the old one (an _arm inside that loop can compact), so pushes and pops diverged.
+    with running(www) as srv:
+        heap = srv.server._timers
+        srv.server._compact_timers()
+        assert srv.server._timers is heap
+
+
+def test_bug_in_a_timeout_handler_drops_only_that_connection(
+    www: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # History: on_timeout ran outside the reactor's bug guard, so an exception in it would
+    # have ended serve_forever for every client.
+    def explode(self: Connection, now: float) -> None:
+        if now >= self.deadline:
+            raise RuntimeError("injected timeout bug")
+
+    monkeypatch.setattr(Connection, "on_timeout", explode)
+    with running(www, timeouts={"head_s": 0.2}) as srv:
+        with Client(srv.port) as stuck:
+            stuck.send(b"GET /hello.txt HTTP/1.1\r\nHo")
+            assert stuck.closed_by_peer()
+        assert request(srv.port, get("/hello.txt")).status == 200
+        assert srv.alive()
+        assert wait_until(lambda: "injected timeout bug" in srv.stderr.getvalue())

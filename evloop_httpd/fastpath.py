@@ -17,10 +17,11 @@ file shows the same identity. That check carries both guarantees:
   is later swapped for a symlink, ``stat`` follows it to some other inode, and the entry misses;
   if it leads to the very same inode, it is the very same file we checked.
 
-Decisions that do not show in the file's identity (which sidecar exists, what a folder's index
-is) are re-checked by sending the key through the slow path again once an entry is older than
-``MAX_AGE_S``. Requests whose answer depends on more than path and encoding (conditionals,
-ranges) always take the slow path. The cache is bounded in entries and in bytes.
+Precompressed sidecars are never cached: whether one may be served depends on its original
+too. Decisions that do not show in the file's identity (whether a sidecar has appeared, what a
+folder's index is) are re-checked by sending the key through the slow path again once an entry
+is older than ``MAX_AGE_S``. Requests whose answer depends on more than path and encoding
+(conditionals, ranges) always take the slow path. The cache is bounded in entries and in bytes.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class ResponseCache:
         if resp.status != HTTPStatus.OK or resp.file_fd < 0 or len(resp.spans) != 1:
             return
         if resp.body or resp.trailer or resp.spans[0][:2] != (b"", 0):
+            return
+        if any(name == b"Content-Encoding" for name, _ in resp.headers):
+            # A precompressed sidecar is only right while its original is not newer, and a hit
+            # re-checks just the file it serves: leave variants to the handler every time.
             return
         try:
             # The path the kernel actually opened: Linux names it here, symlinks resolved.

@@ -75,3 +75,23 @@ def test_large_file_from_cache_streams_whole(server: RunningServer) -> None:
     for _ in range(2):
         assert request(server.port, get("/data.bin")).body == expected
     assert server.server.ctx.cache.hits >= 1
+
+
+def test_sidecar_made_stale_by_its_original_is_not_served_from_the_cache(tmp_path: Path) -> None:
+    # History: a cache hit re-checked only the sidecar it had served, so for up to a second
+    # after the original was edited the old .br bytes still went out; the handler's own rule
+    # (a sidecar older than its original is ignored) was skipped.
+    (tmp_path / "app.js").write_bytes(b"old();")
+    (tmp_path / "app.js.br").write_bytes(b"BROTLI(old)")
+    accept = "Accept-Encoding: br\r\n"
+    with running(tmp_path) as srv:
+        for _ in range(2):
+            reply = request(srv.port, get("/app.js", accept))
+            assert (reply.header("Content-Encoding"), reply.body) == ("br", b"BROTLI(old)")
+        original = tmp_path / "app.js"
+        original.write_bytes(b"new();")
+        later = (tmp_path / "app.js.br").stat().st_mtime_ns + 10**9
+        os.utime(original, ns=(later, later))
+        reply = request(srv.port, get("/app.js", accept))
+        assert reply.header("Content-Encoding") is None
+        assert reply.body == b"new();"

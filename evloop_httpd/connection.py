@@ -192,6 +192,7 @@ class Connection:
         # The reactor's bookkeeping, kept here to save an object per connection. Nothing in
         # this module reads them.
         "events",
+        "pending",
         "shut_wr",
         "sock",
         "timer_at",
@@ -233,6 +234,7 @@ class Connection:
         self.ident = ident
         self.sock: object = None
         self.events = 0
+        self.pending: bytes | bytearray = b""
         self.timer_at = float("inf")
         self.shut_wr = False
         self.use_sendfile = ctx.config.use_sendfile
@@ -263,6 +265,7 @@ class Connection:
             else:
                 self.abort()
             return
+        self.ctx.cache.next_epoch()
         self.inbuf += data
         if state in _CAN_RESPOND:
             self._advance(now)
@@ -419,6 +422,8 @@ class Connection:
             middle = encode_middle(resp.headers, ctx.config.extra_headers)
         head = assemble_head(resp.status, middle, ctx.date.value, keep)
         ctx.observer.response_head(self, head)
+        if req is not None and req.method != b"GET" and req.method != b"HEAD":
+            ctx.cache.next_epoch()  # it may have changed a file that a later request reads
         self.keep_alive = keep
         self.status = resp.status
         self.sent = 0

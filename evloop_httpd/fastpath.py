@@ -17,6 +17,15 @@ file shows the same identity. That check carries both guarantees:
   is later swapped for a symlink, ``stat`` follows it to some other inode, and the entry misses;
   if it leads to the very same inode, it is the very same file we checked.
 
+One ``stat`` can vouch for several pipelined requests. ``epoch`` counts arrivals: it moves on
+whenever bytes arrive on any connection (:meth:`ResponseCache.next_epoch`), and whenever a
+request other than GET or HEAD is answered (a PUT or DELETE may have changed a file). An entry
+checked in the current epoch needs no new ``stat``: every request now being answered was already
+in our buffers when that check ran, so the check is as fresh as one made for it alone would have
+been, and nothing this server did since could have changed the file. A keep-alive request that
+comes in its own ``recv`` therefore always gets its own check; a batch of pipelined requests that
+came in one shares a check.
+
 Precompressed sidecars are never cached: whether one may be served depends on its original
 too. Decisions that do not show in the file's identity (whether a sidecar has appeared, what a
 folder's index is) are re-checked by sending the key through the slow path again once an entry
@@ -50,11 +59,22 @@ _BYPASS = frozenset(
     }
 )
 _GET, _HEAD = b"GET", b"HEAD"
+_OK = HTTPStatus.OK  # a module constant: Enum member access from the class is Python code
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class Entry:
-    __slots__ = ("body", "filled_at", "identity", "length", "middle", "path")
+    __slots__ = (
+        "body",
+        "checked_in",
+        "filled_at",
+        "head_only",
+        "identity",
+        "in_memory",
+        "length",
+        "middle",
+        "path",
+    )
 
     def __init__(
         self,
@@ -71,12 +91,17 @@ class Entry:
         self.length = length
         self.body = body
         self.filled_at = filled_at
+        self.checked_in = -1  # the epoch of the last stat that matched
+        # Answers that need no descriptor are the same every time: made once, shared by every
+        # hit (nothing downstream mutates a Response).
+        self.head_only = Response(_OK, middle=middle)
+        self.in_memory = None if body is None else Response(_OK, body=body, middle=middle)
 
 
 class ResponseCache:
     """Maps (raw path, Accept-Encoding) to an :class:`Entry`; see the module docstring."""
 
-    __slots__ = ("_entries", "_extra", "_total", "hits", "misses")
+    __slots__ = ("_entries", "_extra", "_total", "epoch", "hits", "misses")
 
     def __init__(self, extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self._entries: OrderedDict[tuple[bytes, bytes | None], Entry] = OrderedDict()
@@ -84,6 +109,11 @@ class ResponseCache:
         self._total = 0
         self.hits = 0
         self.misses = 0
+        self.epoch = 0
+
+    def next_epoch(self) -> None:
+        """Bytes arrived, or a file may have changed: checks made so far vouch for nothing new."""
+        self.epoch += 1
 
     @staticmethod
     def key(req: Request) -> tuple[bytes, bytes | None] | None:
@@ -110,6 +140,10 @@ class ResponseCache:
         if now - entry.filled_at > MAX_AGE_S:
             self._drop(key)
             return None
+        if entry.checked_in == self.epoch and (head_only or entry.body is not None):
+            self.hits += 1
+            self._entries.move_to_end(key)
+            return entry.head_only if head_only else entry.in_memory
         try:
             if entry.body is not None or head_only:
                 st = os.stat(entry.path)
@@ -127,15 +161,10 @@ class ResponseCache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        resp = Response(HTTPStatus.OK, middle=entry.middle)
-        if head_only:
-            return resp
-        if entry.body is not None:
-            resp.body = entry.body
-        else:
-            resp.file_fd = fd
-            resp.spans = [(b"", 0, entry.length)]
-        return resp
+        if fd < 0:
+            entry.checked_in = self.epoch
+            return entry.head_only if head_only else entry.in_memory
+        return Response(_OK, file_fd=fd, spans=[(b"", 0, entry.length)], middle=entry.middle)
 
     def store(self, key: tuple[bytes, bytes | None], resp: Response, now: float) -> None:
         """Remember a slow-path answer if it is a whole-file 200.
@@ -144,7 +173,7 @@ class ResponseCache:
         too, so even the first answer saves the ``sendfile`` call.
         """
         self.misses += 1
-        if resp.status != HTTPStatus.OK or resp.file_fd < 0 or len(resp.spans) != 1:
+        if resp.status != _OK or resp.file_fd < 0 or len(resp.spans) != 1:
             return
         if resp.body or resp.trailer or resp.spans[0][:2] != (b"", 0):
             return

@@ -1,0 +1,173 @@
+"""Pipelined responses held back and sent as one batch, and one cache check shared by a batch.
+
+The reactor's pump is driven with a fake socket, so the number of send calls and the exact
+bytes can be asserted; the end-to-end tests check the same over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from evloop_httpd import fastpath
+from evloop_httpd.connection import Connection, ConnState
+from evloop_httpd.reactor import STAGE_BYTES, Server
+
+from .helpers import DEADLINE_S, Client, get, make_config, running
+
+S = ConnState
+
+
+class FakeSocket:
+    """Takes at most ``cap`` bytes a call, and refuses every ``refuse_every``-th call."""
+
+    def __init__(self, cap: int = 1 << 30, refuse_every: int = 0) -> None:
+        self.cap = cap
+        self.refuse_every = refuse_every
+        self.calls = 0
+        self.wire = bytearray()
+
+    def _take(self, data: bytes) -> int:
+        self.calls += 1
+        if self.refuse_every and self.calls % self.refuse_every == 0:
+            raise BlockingIOError
+        n = min(len(data), self.cap)
+        self.wire += data[:n]
+        return n
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        return self._take(bytes(data))
+
+    def sendmsg(self, buffers: tuple[bytes, ...]) -> int:
+        return self._take(b"".join(bytes(b) for b in buffers))
+
+    def fileno(self) -> int:
+        return -1
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    (tmp_path / "a.txt").write_bytes(b"A" * 1000)
+    (tmp_path / "b.txt").write_bytes(b"B" * 3000)
+    srv = Server(make_config(tmp_path))
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def attach(srv: Server, sock: FakeSocket) -> Connection:
+    conn = Connection(srv.ctx, 0.0, ("127.0.0.1", 1), ("127.0.0.1", 2), 1)
+    conn.sock = sock
+    return conn
+
+
+def pump_until_idle(srv: Server, conn: Connection) -> None:
+    for _ in range(10_000):
+        if conn.state is S.READING_HEADERS and not conn.out and not conn.pending:
+            return
+        srv._pump(conn, 0.0)
+    raise AssertionError("the pump never finished")
+
+
+def one_at_a_time(srv: Server, requests: list[bytes]) -> bytes:
+    """The bytes the same requests get when each arrives alone."""
+    sock = FakeSocket()
+    conn = attach(srv, sock)
+    for req in requests:
+        conn.receive(req, 0.0)
+        pump_until_idle(srv, conn)
+    return bytes(sock.wire)
+
+
+REQUESTS = [get("/a.txt"), get("/b.txt"), get("/a.txt", method="HEAD"), get("/missing")] * 4
+
+
+def test_a_pipelined_batch_goes_out_in_one_call_with_the_same_bytes(server: Server) -> None:
+    sock = FakeSocket()
+    conn = attach(server, sock)
+    conn.receive(b"".join(REQUESTS), 0.0)
+    server._pump(conn, 0.0)
+    assert sock.calls == 1
+    assert conn.state is S.READING_HEADERS and not conn.pending
+    assert bytes(sock.wire) == one_at_a_time(server, REQUESTS)
+    assert bytes(sock.wire).count(b"HTTP/1.1 404 ") == 4
+
+
+def test_short_and_refused_sends_lose_and_reorder_nothing(server: Server) -> None:
+    sock = FakeSocket(cap=333, refuse_every=3)
+    conn = attach(server, sock)
+    conn.receive(b"".join(REQUESTS), 0.0)
+    pump_until_idle(server, conn)
+    assert bytes(sock.wire) == one_at_a_time(server, REQUESTS)
+
+
+def test_a_batch_is_bounded_in_bytes(server: Server) -> None:
+    requests = [get("/b.txt")] * 64  # about 200 KiB of responses
+    sock = FakeSocket()
+    conn = attach(server, sock)
+    conn.receive(b"".join(requests), 0.0)
+    largest = 0
+    while conn.state is not S.READING_HEADERS or conn.out:
+        before = len(sock.wire)
+        server._pump(conn, 0.0)
+        largest = max(largest, len(conn.pending), len(sock.wire) - before)
+    assert largest <= STAGE_BYTES + len(one_at_a_time(server, requests[:1]))
+    assert bytes(sock.wire) == one_at_a_time(server, requests)
+
+
+def test_one_stat_vouches_for_a_batch_but_not_for_later_input(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats: list[str] = []
+    real_stat = os.stat
+
+    def counting_stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+        stats.append(path)
+        return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    conn = attach(server, FakeSocket())
+    conn.receive(get("/a.txt"), 0.0)  # fills the cache (slow path)
+    pump_until_idle(server, conn)
+    monkeypatch.setattr(fastpath.os, "stat", counting_stat)
+    conn.receive(get("/a.txt") * 8, 0.0)
+    pump_until_idle(server, conn)
+    assert len(stats) == 1  # eight requests that arrived together, one check
+    conn.receive(get("/a.txt"), 0.0)
+    pump_until_idle(server, conn)
+    assert len(stats) == 2  # bytes that arrived later get a check of their own
+
+
+def test_a_put_inside_a_batch_is_seen_by_the_get_after_it(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_bytes(b"old")
+    put = b"PUT /f.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nnew"
+    with running(tmp_path) as srv, Client(srv.port, recv_size=65536) as c:
+        c.send(get("/f.txt"))
+        assert c.read_response().body == b"old"  # now cached
+        c.send(get("/f.txt") + get("/f.txt") + put + get("/f.txt") + get("/f.txt"))
+        bodies = [c.read_response().body for _ in range(5)]
+        assert bodies == [b"old", b"old", b"", b"new", b"new"]
+
+
+def test_a_reader_that_stalls_gets_every_pipelined_byte(tmp_path: Path) -> None:
+    # Far more than the socket buffers hold: the batch's send is cut short and the rest waits
+    # for the client to read.
+    body = bytes(range(256)) * 12  # 3 KiB, kept in memory by the cache
+    (tmp_path / "f.bin").write_bytes(body)
+    count = 400
+    with running(tmp_path) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(DEADLINE_S)
+        sock.connect(("127.0.0.1", srv.port))
+        c = Client.__new__(Client)
+        c.sock, c.buf, c.recv_size = sock, b"", 65536
+        with c:
+            c.send(get("/f.bin") * count)
+            replies = [c.read_response() for _ in range(count)]
+            assert all(r.status == 200 and r.body == body for r in replies)
+            assert c.buf == b""

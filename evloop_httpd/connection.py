@@ -450,7 +450,8 @@ class Connection:
         self._start_response(resp, now, I.ERROR, body_read=False)
 
     def _finish_response(self, now: float) -> None:
-        self._close_file()
+        if self.file_fd >= 0:
+            self._close_file()
         self.ctx.observer.request_done(self)
         req = self.request
         self.request = None

@@ -141,8 +141,7 @@ class ResponseCache:
             self._drop(key)
             return None
         if entry.checked_in == self.epoch and (head_only or entry.body is not None):
-            self.hits += 1
-            self._entries.move_to_end(key)
+            self.hits += 1  # (and the entry was moved to the LRU end when it was checked)
             return entry.head_only if head_only else entry.in_memory
         try:
             if entry.body is not None or head_only:

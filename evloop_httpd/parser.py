@@ -228,6 +228,23 @@ def field_line_problem(line: bytes) -> str:
     return "control character in a header value"
 
 
+# Host values that passed the check: nearly every request on a server names one of a handful,
+# and the regex costs more than the rest of _interpret. Bounded in count and in value size.
+_VALID_HOSTS: set[bytes] = set()
+_VALID_HOSTS_MAX = 256
+_VALID_HOST_BYTES_MAX = 255
+
+
+def _check_host(value: bytes) -> bool:
+    if not grammar.HOST.fullmatch(value):
+        return False
+    if len(value) <= _VALID_HOST_BYTES_MAX:
+        if len(_VALID_HOSTS) >= _VALID_HOSTS_MAX:
+            _VALID_HOSTS.clear()
+        _VALID_HOSTS.add(value)
+    return True
+
+
 def _interpret(
     method: bytes,
     raw_target: bytes,
@@ -269,7 +286,7 @@ def _interpret(
         raise bad_request("more than one Host header")
     if not hosts and not is_10:
         raise bad_request("HTTP/1.1 request without a Host header")
-    if hosts and not grammar.HOST.fullmatch(hosts[0]):
+    if hosts and hosts[0] not in _VALID_HOSTS and not _check_host(hosts[0]):
         raise bad_request("invalid Host header")
     host = target_host if target_host is not None else (hosts[0] if hosts else b"")
 

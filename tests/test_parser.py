@@ -326,3 +326,21 @@ def test_chunked_request_head_then_body() -> None:
     assert req is not None and req.chunked
     del buf[: req.head_size]
     assert ChunkedBody(L).read(buf) == (b"hi", True)
+
+
+def test_remembered_host_values_stay_bounded_and_change_no_verdict() -> None:
+    from evloop_httpd import parser
+
+    def host_verdict(value: bytes) -> object:
+        return outcome(b"GET / HTTP/1.1\r\nHost: " + value + b"\r\n\r\n")
+
+    for i in range(3 * parser._VALID_HOSTS_MAX):
+        req = parse_head(bytearray(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i), L)
+        assert req is not None and req.host == b"h%d.example" % i
+        assert len(parser._VALID_HOSTS) <= parser._VALID_HOSTS_MAX
+    long_host = b"x" * 300 + b".example"
+    assert parse_head(bytearray(b"GET / HTTP/1.1\r\nHost: " + long_host + b"\r\n\r\n"), L)
+    assert long_host not in parser._VALID_HOSTS
+    for bad in (b"a b", b"a@b", b"[::1", b"h:port"):
+        assert host_verdict(bad) == 400
+        assert host_verdict(bad) == 400  # a refusal is never remembered as a pass

@@ -1,0 +1,80 @@
+"""Our own Python cost per request, without sockets: one Connection, played like the reactor.
+
+Each round hands the connection either one request per ``receive`` (as a keep-alive client's
+requests arrive) or sixteen at once (a pipelining client's), then takes every response the way
+the pump does, holding back the ones another follows. What is left is parsing, the response
+cache, the state machine and the response head: the part of a request that is ours, free of
+the kernel and the load generator. The file is served from the response cache, as in the
+``small`` scenarios of ``run.py``.
+
+Wall-clock figures wobble by tens of percent on a shared machine. For a repeatable figure, count
+instructions instead (the difference between two counts removes start-up)::
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        python tests/benchmarks/request_bench.py --rounds 20 --mode pipelined
+    valgrind ... --rounds 220 ...   # then (I_220 - I_20) / (200 * 16) per request
+
+Usage: ``python tests/benchmarks/request_bench.py [--mode keepalive|pipelined|both]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from evloop_httpd.config import Config
+from evloop_httpd.connection import Connection, ConnState, Context
+from evloop_httpd.reactor import more_follows
+
+REQUEST = b"GET /small.bin HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
+DEPTH = 16
+
+
+class Quiet:
+    """An observer that logs nothing, as the server does with ``-q``."""
+
+    def transition(self, *args: object) -> None: ...
+    def response_head(self, *args: object) -> None: ...
+    def request_done(self, *args: object) -> None: ...
+
+    def bug(self, conn: object, exc: BaseException) -> None:
+        raise exc
+
+
+def run(root: Path, depth: int, rounds: int) -> float:
+    """Seconds of CPU per request, serving ``rounds`` batches of ``depth`` requests."""
+    conn = Connection(Context(Config(root=root), Quiet()), 0.0)
+    batch = REQUEST * depth
+    started = time.process_time()
+    for _ in range(rounds):
+        conn.receive(batch, 1.0)
+        while conn.state is ConnState.WRITING_HEADERS:
+            more_follows(conn)  # the pump asks this once per response
+            conn.wrote(len(conn.out), 1.0)
+        assert conn.state is ConnState.READING_HEADERS, conn.state
+    return (time.process_time() - started) / (rounds * depth)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("keepalive", "pipelined", "both"), default="both")
+    parser.add_argument("--rounds", type=int, default=0, help="batches (default: about 2 s)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        (root / "small.bin").write_bytes(bytes(range(256)) * 4)
+        for mode in ("keepalive", "pipelined") if args.mode == "both" else (args.mode,):
+            depth = DEPTH if mode == "pipelined" else 1
+            run(root, depth, 10)  # fill the response cache
+            rounds = args.rounds or max(1, 64_000 // depth)
+            cost = run(root, depth, rounds)
+            print(f"{mode:>9}: {cost * 1e6:6.2f} us of CPU per request ({rounds * depth} requests)")
+
+
+if __name__ == "__main__":
+    main()

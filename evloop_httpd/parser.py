@@ -36,6 +36,7 @@ from .errors import HttpError, bad_request
 _OPTIONS = b"OPTIONS"
 _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
+_CONNECT_FORM = "CONNECT takes only an authority-form target (host:port)"
 _TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
 _FRAMING_FIELDS = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
@@ -178,6 +179,8 @@ def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
     m = grammar.ORIGIN_REQUEST_LINE.fullmatch(buf, start, line_end)
     if m is not None:
         method, raw_target, path, query, http_version = m.groups()
+        if method == _CONNECT:
+            raise bad_request(_CONNECT_FORM)
         target = (path, query, None)
     else:
         request_line = bytes(buf[start:line_end])
@@ -326,6 +329,11 @@ def _list_elements(value: bytes) -> list[bytes]:
 
 def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, bytes | None]:
     """Return (path, query, host-from-target) for the four forms of RFC 9112 §3.2."""
+    if method == _CONNECT:
+        # RFC 9112 §3.2.3: CONNECT takes the authority-form, and only it takes that form.
+        if grammar.AUTHORITY_FORM.fullmatch(target):
+            return b"", None, target
+        raise bad_request(_CONNECT_FORM)
     if target[:1] == b"/":
         m = grammar.ORIGIN_FORM.fullmatch(target)
         if m is None:
@@ -341,8 +349,6 @@ def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, by
         if not m[2]:
             raise bad_request("absolute-form target with an empty host")
         return m[3] or b"/", m[4], m[1]
-    if method == _CONNECT and grammar.AUTHORITY_FORM.fullmatch(target):
-        return b"", None, target
     raise bad_request("request target is not origin-form, absolute-form or asterisk-form")
 
 

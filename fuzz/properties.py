@@ -180,7 +180,7 @@ _SIMPLE_TARGET = re.compile(
     rb"(?:/|[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.\-]+(?::[0-9]*)?(?:/|$))"
     rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*"
 )
-_REQUEST_LINE = re.compile(rb"[!-~]+ ([!-~]+) HTTP/")
+_REQUEST_LINE = re.compile(rb"([!-~]+) ([!-~]+) HTTP/")
 _ODD_CHUNK_LINE = re.compile(rb"\n[0-9A-Fa-f]+(?:[ \t;]|[0-9A-Fa-f]{16})")
 _HOST_LINE = re.compile(rb"\n[Hh][Oo][Ss][Tt]:[ \t]*([^\r\n]*?)[ \t]*\r", re.IGNORECASE)
 _FRAMING_TRAILER = re.compile(
@@ -198,7 +198,7 @@ def _head(data: bytes) -> bytes:
 
 def _odd_target(data: bytes) -> bool:
     m = _REQUEST_LINE.match(data.removeprefix(b"\r\n"))
-    return m is not None and not _SIMPLE_TARGET.fullmatch(m[1])
+    return m is not None and (m[1] == b"CONNECT" or not _SIMPLE_TARGET.fullmatch(m[2]))
 
 
 def _odd_host(data: bytes) -> bool:
@@ -230,6 +230,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
                 "request target is not a valid origin-form URI",
                 "request target is not origin-form, absolute-form or asterisk-form",
                 "asterisk-form is only for OPTIONS",
+                "CONNECT takes only an authority-form target (host:port)",
                 "absolute-form target with an empty host",
             }
         ),

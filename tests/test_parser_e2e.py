@@ -162,6 +162,16 @@ def test_authority_form_connect_is_405(srv: RunningServer) -> None:
         assert reply.header("Allow") is not None
 
 
+@pytest.mark.parametrize("target", [b"/hello.txt", b"http://t/hello.txt", b"*"])
+def test_connect_with_any_other_form_is_400(srv: RunningServer, target: bytes) -> None:
+    with Client(srv.port) as c:
+        c.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = c.read_response()
+        assert reply.status == 400
+        assert b"authority-form" in reply.body
+        assert c.closed_by_peer()
+
+
 def test_absolute_form_is_served_and_keeps_alive(srv: RunningServer) -> None:
     with Client(srv.port) as c:
         c.send(b"GET http://elsewhere/hello.txt HTTP/1.1\r\n" + H + b"\r\n" + GOOD)

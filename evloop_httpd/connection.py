@@ -403,7 +403,17 @@ class Connection:
         if done:
             # Keep owning the upload until it is committed: if committing raises anything,
             # _fail still finds it and unlinks the temp file.
-            resp = self.ctx.handler.finish_upload(upload, req)
+            try:
+                resp = self.ctx.handler.finish_upload(upload, req)
+            except HttpError as exc:
+                # Refused at the last moment (a precondition re-checked before the rename):
+                # the body was read to its end, so the framing still holds and the connection
+                # may stay open for the next request.
+                upload.abort()
+                self.body = self.upload = None
+                resp = error_response(exc)
+                self._start_response(resp, now, I.ERROR, body_read=True)
+                return
             self.body = self.upload = None
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 

@@ -252,3 +252,19 @@ def test_extra_headers_from_the_command_line(www: Path, status_path: str) -> Non
         not_modified = request(srv.port, get("/hello.txt", hdrs(if_none_match=etag)))
         assert not_modified.status == 304
         assert not_modified.header("Cache-Control") == "max-age=60"  # §15.4.5
+
+
+def test_put_refused_at_commit_keeps_the_connection(server: RunningServer) -> None:
+    # The body was read to its end before the 412, so the framing holds: no need to close.
+    etag = etag_of(server)
+    with Client(server.port) as slow:
+        slow.send(
+            b"PUT /hello.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+            + f"If-Match: {etag}\r\n\r\nab".encode()
+        )
+        assert request(server.port, put("/hello.txt", b"winner")).status == 204
+        slow.send(b"cd" + get("/hello.txt"))
+        refused = slow.read_response()
+        assert (refused.status, refused.header("Connection")) == (412, "keep-alive")
+        assert slow.read_response().body == b"winner"
+    assert not [p for p in server.root.iterdir() if p.name.startswith(".")]

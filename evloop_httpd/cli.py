@@ -160,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes/s a transfer must average (default %(default)s)",
     )
     t.add_argument(
+        "--linger-timeout",
+        type=seconds,
+        default=tmo.linger_s,
+        help="draining a client's unread bytes after the last response (default %(default)s)",
+    )
+    t.add_argument(
         "--shutdown-timeout",
         type=seconds,
         default=tmo.shutdown_s,
@@ -225,6 +231,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         idle_s=args.idle_timeout,
         stall_s=args.stall_timeout,
         min_rate_bytes_s=args.min_rate,
+        linger_s=args.linger_timeout,
         shutdown_s=args.shutdown_timeout,
     )
     return Config(

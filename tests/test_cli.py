@@ -193,3 +193,21 @@ def test_a_stalled_log_reader_never_stalls_the_server(tmp_path: Path) -> None:
     code, _, err = finish(proc)
     assert code == 0
     assert '"GET /f.txt HTTP/1.1" 200' in err
+
+
+def test_every_timeout_flag_reaches_the_config(tmp_path: Path) -> None:
+    from evloop_httpd.cli import build_parser, config_from
+
+    parser = build_parser()
+    flags = {
+        "--head-timeout": "head_s",
+        "--idle-timeout": "idle_s",
+        "--stall-timeout": "stall_s",
+        "--linger-timeout": "linger_s",
+        "--shutdown-timeout": "shutdown_s",
+    }
+    argv = ["-d", str(tmp_path)]
+    for i, flag in enumerate(flags):
+        argv += [flag, str(1.5 + i)]
+    timeouts = config_from(parser.parse_args(argv), parser).timeouts
+    assert [getattr(timeouts, field) for field in flags.values()] == [1.5, 2.5, 3.5, 4.5, 5.5]

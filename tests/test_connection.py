@@ -304,3 +304,16 @@ def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None
     big.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n" + get, 0.0)
     assert big.file_remaining > 0
     assert not more_follows(big)  # a file follows this head
+
+
+def test_lingering_lasts_the_configured_linger_time(root: Path) -> None:
+    conn, _ = make(root, timeouts={"linger_s": 7.0})
+    conn.receive(b"NOT HTTP\r\n\r\n", 100.0)
+    assert conn.out.startswith(b"HTTP/1.1 400 ")
+    conn.wrote(len(conn.out), 101.0)
+    assert conn.state is S.LINGERING
+    assert conn.deadline == 108.0
+    conn.on_timeout(107.9)
+    assert conn.state is S.LINGERING
+    conn.on_timeout(108.0)
+    assert conn.state is S.CLOSED

@@ -138,6 +138,18 @@ _CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
 _MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})
 
 
+def _names_head(inbuf: bytearray) -> bool:
+    """Whether an unparsed (refused) request head is a HEAD request.
+
+    A head refused before it parsed (414, 431, a malformed field, a 408) has no Request, but its
+    method is its first token. A client that sent HEAD reads no content after the header section
+    whatever the status (RFC 9110 §9.3.2, §6.4.1), so a body there would be read as garbage
+    (node's llhttp: "Data after Connection: close"; curl: "Excess found"). The optional empty
+    line before a request (D5) is skipped as the parser skips it.
+    """
+    return inbuf.startswith(b"HEAD ") or inbuf.startswith(b"\r\nHEAD ")
+
+
 class Observer(Protocol):
     """Where a connection reports what the logs want to know."""
 
@@ -456,7 +468,8 @@ class Connection:
             self.abort()
             return
         req = self.request
-        resp = error_response(exc, head_only=req is not None and req.method == b"HEAD")
+        head_only = req.method == b"HEAD" if req is not None else _names_head(self.inbuf)
+        resp = error_response(exc, head_only=head_only)
         self._start_response(resp, now, I.ERROR, body_read=False)
 
     def _finish_response(self, now: float) -> None:

@@ -12,7 +12,8 @@ The reactor drives a connection through four calls, each given the current time:
 * :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
 * :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
 * :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
-* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
+* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
+  :meth:`Connection.check_delivery` while a response is being sent);
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
@@ -181,6 +182,7 @@ class Connection:
         "body",
         "ctx",
         "deadline",
+        "delivered",
         "file_fd",
         "file_offset",
         "file_remaining",
@@ -238,6 +240,7 @@ class Connection:
         self.keep_alive = False
         self.status = 0
         self.sent = 0  # bytes of the current response on the wire
+        self.delivered = 0  # of those, acknowledged by the client when the stall timer last looked
         self.phase_start = now
         self.phase_bytes = 0
         self.deadline = now + ctx.config.timeouts.head_s
@@ -325,6 +328,28 @@ class Connection:
             self._progress(n, now)
         else:
             self._finish_response(now)
+
+    def check_delivery(self, backlog: int, now: float) -> None:
+        """Before a sending connection's expired deadline is judged: ``backlog`` bytes of what
+        it sent are not yet acknowledged by the client (the kernel's send queue, and anything
+        the reactor held back).
+
+        Progress is otherwise counted when the kernel takes bytes, but a socket becomes
+        writable again only once about a third of its send buffer has drained (Linux), and the
+        kernel grows that buffer to megabytes on a fast path such as loopback. A client that
+        reads steadily but slowly (wget or curl with ``--limit-rate``, a slow link behind a
+        fast one) then leaves the server with nothing to write for longer than the stall
+        timeout, although it is taking bytes all along. So when the deadline comes, bytes the
+        client acknowledged since the timer last looked count as progress too. A client that
+        takes nothing has acknowledged nothing new, and the stall stands; the average-rate bound
+        is not relaxed.
+        """
+        if self.state is not S.WRITING_HEADERS and self.state is not S.STREAMING_FILE:
+            return
+        delivered = self.sent - backlog
+        if delivered > self.delivered:
+            self.delivered = delivered
+            self._progress(0, now)
 
     def on_timeout(self, now: float) -> None:
         """The reactor's timer fired; act only if our deadline really has passed."""
@@ -449,6 +474,7 @@ class Connection:
         self.keep_alive = keep
         self.status = resp.status
         self.sent = 0
+        self.delivered = 0
         self.out = head + resp.body if resp.body else head
         self.out_pos = 0
         if resp.file_fd >= 0:

@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import heapq
 import itertools
 import os
 import selectors
 import socket
 import struct
+import termios
 import time
 from collections.abc import Callable
 
@@ -78,6 +80,16 @@ _BODYLESS = (b"GET ", b"HEAD ")
 _LISTENER = object()
 _WAKER = object()
 S = ConnState
+
+
+def _unacknowledged(sock: socket.socket) -> int | None:
+    """Bytes in ``sock``'s send queue not yet acknowledged by the peer (Linux SIOCOUTQ), or
+    None where the kernel cannot tell. Asked only when a sending connection's timer expires."""
+    try:
+        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    return struct.unpack("i", out)[0]
 
 
 def more_follows(conn: Connection) -> bool:
@@ -283,6 +295,10 @@ class Server:
         """One turn for one connection: read (or fire its timer), pump, settle."""
         try:
             if due:
+                if conn.state is S.WRITING_HEADERS or conn.state is S.STREAMING_FILE:
+                    backlog = _unacknowledged(conn.sock)  # type: ignore[arg-type]
+                    if backlog is not None:
+                        conn.check_delivery(backlog + len(conn.pending), now)
                 conn.on_timeout(now)
             elif read:
                 self._read(conn, now)

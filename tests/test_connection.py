@@ -286,6 +286,40 @@ def test_stall_deadline_enforces_minimum_rate(root: Path) -> None:
     assert conn.out.startswith(b"HTTP/1.1 408 ")
 
 
+def streaming_blocked(root: Path, min_rate: int) -> Connection:
+    """A GET of big.bin whose head and first 200,000 bytes the kernel took at t=0, then no more."""
+    conn, _ = make(root, timeouts={"stall_s": 10.0, "min_rate_bytes_s": min_rate})
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    conn.wrote(len(conn.out), 0.0)
+    conn.streamed(200_000, 0.0)
+    assert conn.state is S.STREAMING_FILE
+    return conn
+
+
+def test_bytes_the_client_acknowledged_count_as_progress(root: Path) -> None:
+    # History: wget and curl with --limit-rate were dropped as stalled after 30 s while reading
+    # steadily: the kernel held megabytes of the file and the socket stayed unwritable.
+    conn = streaming_blocked(root, min_rate=1)
+    conn.check_delivery(conn.sent - 1_000, 10.0)  # the client acknowledged 1,000 bytes by now
+    conn.on_timeout(10.0)
+    assert conn.state is S.STREAMING_FILE
+    assert conn.deadline == 20.0
+    conn.check_delivery(conn.sent - 1_000, 20.0)  # nothing more since: that is a stall
+    conn.on_timeout(20.0)
+    assert conn.state is S.CLOSED
+
+
+def test_acknowledged_bytes_do_not_relax_the_average_rate(root: Path) -> None:
+    conn = streaming_blocked(root, min_rate=40_000)
+    average_bound = 10.0 + 200_000 / 40_000  # phase start + stall + file bytes / min rate
+    conn.check_delivery(conn.sent - 1_000, 10.0)
+    conn.on_timeout(10.0)
+    assert conn.deadline == average_bound
+    conn.check_delivery(conn.sent - 2_000, average_bound)
+    conn.on_timeout(average_bound)
+    assert conn.state is S.CLOSED
+
+
 def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
     from evloop_httpd.reactor import more_follows
 

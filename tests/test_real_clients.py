@@ -6,11 +6,16 @@ suite needs none of those clients.
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from .helpers import Client, running
+from evloop_httpd.reactor import Server
+
+from .helpers import DEADLINE_S, Client, get, running
 
 LONG_TARGET = "/" + "a" * 9000
 
@@ -75,3 +80,47 @@ def test_refused_other_requests_keep_their_error_body(www: Path, request_bytes: 
         head, rest = split_head(read_all(srv.port, request_bytes))
     assert head.startswith(b"HTTP/1.1 414 ")
     assert rest.startswith(b"414 URI Too Long\n")
+
+
+# History: wget --limit-rate=20k and curl --limit-rate 200K were reset after 30 s of a
+# download they were reading steadily: the server counted progress only when the kernel took
+# more bytes, and a socket is writable again only once a third of its send buffer has drained.
+@pytest.mark.slow
+def test_slow_steady_reader_is_not_taken_for_a_stall(
+    www: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fixed send buffer (the kernel doubles it to 1 MiB) keeps the socket unwritable until
+    # ~340 KiB have drained; the client's tiny receive buffer makes it acknowledge every read.
+    add = Server._add
+
+    def add_with_fixed_sndbuf(self: Server, sock: socket.socket, addr: tuple, now: float) -> None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 512 * 1024)
+        add(self, sock, addr, now)
+
+    monkeypatch.setattr(Server, "_add", add_with_fixed_sndbuf)
+    data = os.urandom(1536 * 1024)
+    (www / "slow.bin").write_bytes(data)
+    stall_s = 0.5
+    with running(www, timeouts={"stall_s": stall_s, "min_rate_bytes_s": 1}) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(DEADLINE_S)
+        sock.connect(("127.0.0.1", srv.port))
+        with sock:
+            sock.sendall(get("/slow.bin"))
+            wire = b""
+            # 8 KiB every 0.1 s for three stall periods: progress the server can only see in
+            # what the client acknowledges (120 KiB, far from making the socket writable).
+            # The sleep paces a slow client; nothing waits on the server here.
+            for _ in range(15):
+                wire += sock.recv(8192)
+                time.sleep(0.1)
+            whole = wire.index(b"\r\n\r\n") + 4 + len(data)
+            while len(wire) < whole:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break  # reset or closed: the server gave up on us
+                wire += chunk
+    head, body = split_head(wire)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == data

@@ -124,3 +124,14 @@ def test_slow_steady_reader_is_not_taken_for_a_stall(
     head, body = split_head(wire)
     assert head.startswith(b"HTTP/1.1 200 ")
     assert body == data
+
+
+def test_a_path_that_names_nothing_is_400_on_a_connection_that_stays_open(www: Path) -> None:
+    # The framing is intact, so unlike a malformed message this 400 does not close (README).
+    with running(www) as srv, Client(srv.port) as c:
+        c.send(get("/%ff") + get("/%00", method="HEAD") + get("/hello.txt"))
+        bad = c.read_response()
+        assert (bad.status, bad.header("Connection")) == (400, "keep-alive")
+        bad_head = c.read_response(head_request=True)
+        assert (bad_head.status, bad_head.header("Connection")) == (400, "keep-alive")
+        assert c.read_response().body == b"hello, world\n"

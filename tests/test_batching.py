@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd import fastpath
-from evloop_httpd.connection import Connection, ConnState
+from evloop_httpd.connection import READ, Connection, ConnState
 from evloop_httpd.reactor import STAGE_BYTES, Server
 
 from .helpers import DEADLINE_S, Client, get, make_config, running
@@ -171,3 +171,37 @@ def test_a_reader_that_stalls_gets_every_pipelined_byte(tmp_path: Path) -> None:
             replies = [c.read_response() for _ in range(count)]
             assert all(r.status == 200 and r.body == body for r in replies)
             assert c.buf == b""
+
+
+def test_an_end_of_stream_waits_for_the_held_back_bytes(server: Server) -> None:
+    # History: at a graceful stop, a batch's last response went to LINGERING with bytes still
+    # held back; the reactor also waited for input, read the half-closed client's end of stream
+    # and closed, dropping them behind a clean FIN.
+    ours, theirs = socket.socketpair()
+    for s, opt in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+        s.setsockopt(socket.SOL_SOCKET, opt, 4096)
+    ours.setblocking(False)
+    theirs.settimeout(DEADLINE_S)
+    conn = attach(server, ours)  # type: ignore[arg-type]
+    conn.events = READ
+    server.sel.register(ours, READ, conn)
+    server.count += 1
+    requests = [get("/a.txt")] * 200
+    whole = one_at_a_time(server, requests)
+    conn.receive(b"".join(requests), 0.0)
+    server._step(conn, 0.0)
+    assert conn.pending and conn.state is S.WRITING_HEADERS  # the client is not reading yet
+    server.ctx.stopping = True
+    theirs.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    for _ in range(10_000):
+        for key, mask in server.sel.select(0):
+            if key.data is conn:
+                server._serve(conn, mask, 0.0)
+        chunk = theirs.recv(1024)  # a slow reader: the batch stays held back a while
+        got += chunk
+        if not chunk:
+            break
+    assert conn.sock is None
+    assert len(got) > 0 and whole.startswith(bytes(got))
+    assert whole[len(got) :].startswith(b"HTTP/1.1 ")  # it ends where a response ends

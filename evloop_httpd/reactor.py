@@ -311,7 +311,7 @@ class Server:
             for _ in range(PUMP_BUDGET):
                 state = conn.state
                 if state is S.STREAMING_FILE and not conn.out:
-                    if conn.pending and not self._flush(conn, sock):
+                    if conn.pending and not self._flush(conn, sock, now):
                         return
                     conn.streamed(self._send_file(conn, sock), now)
                 elif conn.out and (
@@ -342,6 +342,7 @@ class Server:
                         continue
                     held = len(pending)
                     n = sock.sendmsg((pending, out))
+                    conn.flushed(min(n, held), now)
                     if n < held:
                         del pending[:n]  # type: ignore[union-attr]
                         return
@@ -351,7 +352,7 @@ class Server:
                 else:
                     break
             if conn.pending:
-                self._flush(conn, sock)
+                self._flush(conn, sock, now)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -359,10 +360,12 @@ class Server:
             conn.abort()
 
     @staticmethod
-    def _flush(conn: Connection, sock: socket.socket) -> bool:
+    def _flush(conn: Connection, sock: socket.socket, now: float) -> bool:
         """Send what was held back; True when none is left."""
         pending = conn.pending
-        del pending[: sock.send(pending)]  # type: ignore[union-attr]
+        n = sock.send(pending)
+        del pending[:n]  # type: ignore[union-attr]
+        conn.flushed(n, now)
         if pending:
             return False
         conn.pending = b""

@@ -7,11 +7,13 @@ which looks the (state, :class:`Input`) pair up in ``TRANSITIONS``; a pair missi
 is a bug, is reported, and closes the connection. What the reactor should wait for is read off
 the state alone (``INTEREST``), so the reactor never has to reason about HTTP.
 
-The reactor drives a connection through four calls, each given the current time:
+The reactor drives a connection through five calls, each given the current time:
 
 * :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
 * :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
 * :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
+* :meth:`Connection.flushed` after ``send`` took ``n`` bytes the reactor had held back (bytes of
+  earlier pipelined responses, already counted as written, see :mod:`reactor`);
 * :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
   :meth:`Connection.check_delivery` while a response is being sent);
 
@@ -328,6 +330,19 @@ class Connection:
             self._progress(n, now)
         else:
             self._finish_response(now)
+
+    def flushed(self, n: int, now: float) -> None:
+        """``send`` took ``n`` held-back bytes: the client is reading, so this is progress.
+
+        Without it, a client that reads a held-back batch above the minimum rate, but more
+        slowly than the whole batch in ``stall_s``, would be cut off as a stalled one; and at a
+        stop, the linger would run out while the batch still had bytes to go.
+        """
+        state = self.state
+        if state is S.LINGERING:
+            self.deadline = now + self.ctx.config.timeouts.linger_s
+        elif state in _MID_RESPONSE:
+            self._progress(n, now)
 
     def check_delivery(self, backlog: int, now: float) -> None:
         """Before a sending connection's expired deadline is judged: ``backlog`` bytes of what

@@ -30,7 +30,8 @@ Precompressed sidecars are never cached: whether one may be served depends on it
 too. Decisions that do not show in the file's identity (whether a sidecar has appeared, what a
 folder's index is) are re-checked by sending the key through the slow path again once an entry
 is older than ``MAX_AGE_S``. Requests whose answer depends on more than path and encoding
-(conditionals, ranges) always take the slow path. The cache is bounded in entries and in bytes.
+(conditionals, ranges, an Expect header) always take the slow path. The cache is bounded in
+entries and in bytes.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class ResponseCache:
         method = req.method
         if method != _GET and method != _HEAD:
             return None
+        if req.expect is not None:
+            return None  # an expectation we do not meet is a 417: the handler decides
         encoding = None
         for name, value in req.headers:
             if name in _BYPASS:

@@ -18,7 +18,8 @@ serve each ready socket; fire the timers that are due; flush the logs. Serving a
    the last one in one ``sendmsg``: one system call and one TCP transmission for what would
    have been sixteen. To the connection, held-back bytes are sent, as bytes in the kernel's
    buffer are; the reactor owes them to the socket before anything else, and waits for
-   writability (whatever the state says) while it does. The pump stops after a fixed budget
+   writability only (whatever the state says) while it does: not for input, whose end of
+   stream could close the connection before they have left. The pump stops after a fixed budget
    of calls, so one fast client downloading a large file, or sending a deep pipeline, cannot
    keep the loop from everyone else;
 3. *settle*: close the socket if the connection closed, otherwise call ``modify`` only if the
@@ -326,7 +327,7 @@ class Server:
             for _ in range(PUMP_BUDGET):
                 state = conn.state
                 if state is S.STREAMING_FILE and not conn.out:
-                    if conn.pending and not self._flush(conn, sock):
+                    if conn.pending and not self._flush(conn, sock, now):
                         return
                     conn.streamed(self._send_file(conn, sock), now)
                 elif conn.out and (
@@ -357,6 +358,7 @@ class Server:
                         continue
                     held = len(pending)
                     n = sock.sendmsg((pending, out))
+                    conn.flushed(min(n, held), now)
                     if n < held:
                         del pending[:n]  # type: ignore[union-attr]
                         return
@@ -366,7 +368,7 @@ class Server:
                 else:
                     break
             if conn.pending:
-                self._flush(conn, sock)
+                self._flush(conn, sock, now)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -374,10 +376,12 @@ class Server:
             conn.abort()
 
     @staticmethod
-    def _flush(conn: Connection, sock: socket.socket) -> bool:
+    def _flush(conn: Connection, sock: socket.socket, now: float) -> bool:
         """Send what was held back; True when none is left."""
         pending = conn.pending
-        del pending[: sock.send(pending)]  # type: ignore[union-attr]
+        n = sock.send(pending)
+        del pending[:n]  # type: ignore[union-attr]
+        conn.flushed(n, now)
         if pending:
             return False
         conn.pending = b""
@@ -414,7 +418,9 @@ class Server:
                 conn.abort()
                 self._close(conn)
                 return
-        want = conn.interest | WRITE if conn.pending else conn.interest
+        # While held-back bytes wait, wait only to write: a read could bring the client's end
+        # of stream, which closes the connection (from LINGERING, say) before they have left.
+        want = WRITE if conn.pending else conn.interest
         if want != conn.events:
             self.sel.modify(sock, want, conn)
             conn.events = want
@@ -434,9 +440,10 @@ class Server:
         if sock is None:
             return
         conn.sock = None
-        conn.pending = b""
         self.sel.unregister(sock)
-        if conn.reset:
+        cut_short = conn.reset or bool(conn.pending)  # held-back bytes dropped cut a response
+        conn.pending = b""
+        if cut_short:
             # SO_LINGER with a zero timeout: close() sends RST and drops unsent data at once.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)

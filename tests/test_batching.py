@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd import fastpath
-from evloop_httpd.connection import Connection, ConnState
+from evloop_httpd.connection import READ, Connection, ConnState
 from evloop_httpd.reactor import STAGE_BYTES, Server
 
 from .helpers import DEADLINE_S, Client, get, make_config, running
@@ -171,3 +171,100 @@ def test_a_reader_that_stalls_gets_every_pipelined_byte(tmp_path: Path) -> None:
             replies = [c.read_response() for _ in range(count)]
             assert all(r.status == 200 and r.body == body for r in replies)
             assert c.buf == b""
+
+
+class Trickle(FakeSocket):
+    """A client that takes ``allow`` bytes, then refuses until the test allows more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.allow = 0
+
+    def _take(self, data: bytes) -> int:
+        self.calls += 1
+        if not self.allow:
+            raise BlockingIOError
+        n = min(len(data), self.allow)
+        self.allow -= n
+        self.wire += data[:n]
+        return n
+
+
+def test_a_batch_read_at_a_fair_rate_is_not_taken_for_a_stall(server: Server) -> None:
+    # History: bytes flushed from the held-back batch did not count as progress, so a client
+    # reading above the minimum rate was cut off stall_s after the batch's last response began.
+    timeouts = server.config.timeouts
+    rate = 3 * timeouts.min_rate_bytes_s // 2
+    assert rate * timeouts.stall_s < STAGE_BYTES  # the batch outlasts stall_s at this rate
+    requests = [get("/b.txt")] * 60
+    sock = Trickle()
+    conn = attach(server, sock)
+    now = 0.0
+    conn.receive(b"".join(requests), now)
+    while conn.state is not S.CLOSED and (conn.out or conn.pending or conn.inbuf):
+        server._pump(conn, now)
+        now += 1.0
+        sock.allow = rate
+        if now >= conn.deadline:  # what the reactor's timer does
+            conn.on_timeout(now)
+    assert conn.state is S.READING_HEADERS
+    assert bytes(sock.wire) == one_at_a_time(server, requests)
+
+
+def test_an_end_of_stream_waits_for_the_held_back_bytes(server: Server) -> None:
+    # History: at a graceful stop, a batch's last response went to LINGERING with bytes still
+    # held back; the reactor also waited for input, read the half-closed client's end of stream
+    # and closed, dropping them behind a clean FIN.
+    ours, theirs = socket.socketpair()
+    for s, opt in ((ours, socket.SO_SNDBUF), (theirs, socket.SO_RCVBUF)):
+        s.setsockopt(socket.SOL_SOCKET, opt, 4096)
+    ours.setblocking(False)
+    theirs.settimeout(DEADLINE_S)
+    conn = attach(server, ours)  # type: ignore[arg-type]
+    conn.events = READ
+    server.sel.register(ours, READ, conn)
+    server.count += 1
+    requests = [get("/a.txt")] * 200
+    whole = one_at_a_time(server, requests)
+    conn.receive(b"".join(requests), 0.0)
+    server._step(conn, 0.0)
+    assert conn.pending and conn.state is S.WRITING_HEADERS  # the client is not reading yet
+    server.ctx.stopping = True
+    theirs.shutdown(socket.SHUT_WR)
+    got = bytearray()
+    for _ in range(10_000):
+        for key, mask in server.sel.select(0):
+            if key.data is conn:
+                server._serve(conn, mask, 0.0)
+        chunk = theirs.recv(1024)  # a slow reader: the batch stays held back a while
+        got += chunk
+        if not chunk:
+            break
+    assert conn.sock is None
+    assert len(got) > 0 and whole.startswith(bytes(got))
+    assert whole[len(got) :].startswith(b"HTTP/1.1 ")  # it ends where a response ends
+
+
+def test_at_a_stop_the_linger_waits_for_a_held_back_batch_read_at_a_fair_rate(
+    server: Server,
+) -> None:
+    # History: the linger deadline (2 s) started when the last response was held back, so a
+    # batch still being read at a stop was cut off, its bytes dropped.
+    rate = 3 * server.config.timeouts.min_rate_bytes_s // 2
+    requests = [get("/b.txt")] * 60
+    whole = one_at_a_time(server, requests)
+    sock = Trickle()
+    conn = attach(server, sock)
+    now = 0.0
+    conn.receive(b"".join(requests), now)
+    server._pump(conn, now)
+    assert len(conn.pending) > rate * server.config.timeouts.linger_s
+    server.ctx.stopping = True
+    while conn.state is not S.CLOSED and (conn.out or conn.pending):
+        now += 1.0
+        sock.allow = rate
+        if now >= conn.deadline:
+            conn.on_timeout(now)
+        server._pump(conn, now)
+    assert conn.state is S.LINGERING
+    assert whole.startswith(bytes(sock.wire)) and whole[len(sock.wire) :].startswith(b"HTTP/1.1")

@@ -95,3 +95,14 @@ def test_sidecar_made_stale_by_its_original_is_not_served_from_the_cache(tmp_pat
         reply = request(srv.port, get("/app.js", accept))
         assert reply.header("Content-Encoding") is None
         assert reply.body == b"new();"
+
+
+def test_an_unmet_expectation_is_417_even_when_the_path_is_cached(server: RunningServer) -> None:
+    # History: a cache hit skipped the handler's Expect check, so a cached path answered 200.
+    teapot = get("/hello.txt", "Expect: teapot\r\n")
+    assert request(server.port, teapot).status == 417
+    assert request(server.port, get("/hello.txt")).status == 200  # now cached
+    assert request(server.port, get("/hello.txt")).status == 200  # and checked
+    assert request(server.port, teapot).status == 417
+    go_on = request(server.port, get("/hello.txt", "Expect: 100-continue\r\n"))
+    assert (go_on.status, go_on.body) == (200, b"hello, world\n")

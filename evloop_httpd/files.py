@@ -124,7 +124,19 @@ def os_error_to_http(exc: OSError) -> HttpError:
     """The honest status for a filesystem error on the path a client named."""
     if exc.errno in (errno.EACCES, errno.EPERM):
         return HttpError(HTTPStatus.FORBIDDEN, "permission denied")
-    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG):
+    if exc.errno == errno.EROFS:
+        # The operator mounted it so: as unwritable as a folder without write permission.
+        return HttpError(HTTPStatus.FORBIDDEN, "read-only file system")
+    # ENXIO and ENODEV come from opening a socket, or a device node without a driver: names
+    # that are not files to us, like a FIFO, which open_regular refuses after fstat.
+    if exc.errno in (
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.ENAMETOOLONG,
+        errno.ENXIO,
+        errno.ENODEV,
+    ):
         return HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         # Out of descriptors is the server's load, not the client's fault, and passes: closing

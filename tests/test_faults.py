@@ -371,3 +371,34 @@ def test_release_frees_the_file_even_if_logging_fails(www: Path) -> None:
     assert conn.state is ConnState.CLOSED
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+@pytest.mark.parametrize("where", ["create", "commit"])
+def test_read_only_file_system_is_a_403(
+    server: RunningServer, www: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    # History: EROFS (a root mounted read-only, found on a real tmpfs) answered a PUT with 500.
+    (www / "keep.txt").write_bytes(b"old\n")
+    real_open = os.open
+
+    def open_(path: str, *args: object, **kw: object) -> int:
+        if ".evloop-upload-" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, *args, **kw)  # type: ignore[arg-type]
+
+    def replace(src: str, dst: str) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    if where == "create":
+        monkeypatch.setattr(upload_mod.os, "open", open_)
+    else:
+        monkeypatch.setattr(upload_mod.os, "replace", replace)
+    for target in ("/keep.txt", "/new.txt"):
+        reply = request(server.port, put(target, b"abc"))
+        assert reply.status == 403, reply.raw_head
+        assert b"read-only" in reply.body
+    monkeypatch.undo()
+    assert (www / "keep.txt").read_bytes() == b"old\n"
+    assert not (www / "new.txt").exists()
+    assert not temp_files(www)
+    healthy(server)

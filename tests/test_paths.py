@@ -6,11 +6,16 @@ status and that the secret's bytes never appear on the wire, nor is anything wri
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from evloop_httpd.files import os_error_to_http
 
 from .helpers import Client, RunningServer, make_config, request, running
 
@@ -205,3 +210,25 @@ def test_literal_percent_in_a_name_still_works(srv: RunningServer, layout: Path)
     assert request(srv.port, raw(b"PUT", b"/100%25.txt", b"full\n")).status == 201
     assert (layout / "100%.txt").read_bytes() == b"full\n"
     assert request(srv.port, raw(b"GET", b"/100%25.txt")).body == b"full\n"
+
+
+def test_socket_is_not_served(srv: RunningServer, layout: Path) -> None:
+    # History: open() of a Unix socket fails with ENXIO, which was mapped to 500.
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(layout / "s"))
+        for method in (b"GET", b"HEAD"):
+            reply = request(srv.port, raw(method, b"/s"), head_request=method == b"HEAD")
+            assert reply.status == 404, reply.raw_head
+        assert request(srv.port, raw(b"PUT", b"/s", b"x")).status == 403
+        assert stat.S_ISSOCK(os.lstat(layout / "s").st_mode)
+    finally:
+        sock.close()
+    assert request(srv.port, raw(b"GET", b"/hello.txt")).status == 200
+
+
+@pytest.mark.parametrize("err", [errno.ENXIO, errno.ENODEV])
+def test_device_without_driver_is_a_404(err: int) -> None:
+    # History: a device node whose driver is absent (open gives ENXIO or ENODEV) was a 500.
+    exc = os_error_to_http(OSError(err, os.strerror(err)))
+    assert exc.status == 404

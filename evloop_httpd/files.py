@@ -18,7 +18,9 @@ this order:
 4. The joined path is resolved with ``realpath``. If the result is not inside the (real) root,
    because a symlink points out, it is a 404 unless ``--follow-symlinks``. The file is then
    opened from that resolved path with ``O_NOFOLLOW``, so swapping the last component for a
-   symlink after the check does not help an attacker.
+   symlink after the check does not help an attacker; and (on Linux, through ``/proc``) the
+   file the kernel opened must be inside the root too, so swapping a folder on the way does
+   not either.
 
 Only regular files are served: the file is opened with ``O_NONBLOCK`` and checked with
 ``fstat``, so a FIFO or device cannot stall the loop. A precompressed sidecar (``foo.js.br``
@@ -103,8 +105,11 @@ def resolve(root_real: str, raw_path: bytes, *, dotfiles: bool, follow_symlinks:
     return Resolved(real, segments, trailing)
 
 
-def open_regular(path: str) -> tuple[int, os.stat_result]:
-    """Open a regular file for reading; 404 for anything else, 403 when not permitted."""
+def open_regular(path: str, root_real: str | None = None) -> tuple[int, os.stat_result]:
+    """Open a regular file for reading; 404 for anything else, 403 when not permitted.
+
+    With ``root_real``, also 404 when the file the kernel opened is not inside that root.
+    """
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
@@ -114,10 +119,23 @@ def open_regular(path: str) -> tuple[int, os.stat_result]:
     except OSError:
         os.close(fd)
         raise
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or (
+        root_real is not None and not _opened_inside(root_real, fd)
+    ):
         os.close(fd)
         raise HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
     return fd, st
+
+
+def _opened_inside(root_real: str, fd: int) -> bool:
+    # O_NOFOLLOW guards only the last component: a folder on the way swapped for a symlink
+    # between realpath and open would lead out of the root. Linux names the file actually
+    # opened; without /proc there is nothing more to check.
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True
+    return inside(root_real, opened.removesuffix(" (deleted)"))
 
 
 def os_error_to_http(exc: OSError) -> HttpError:

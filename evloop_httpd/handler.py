@@ -123,7 +123,7 @@ class Handler:
                 raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
         elif found.trailing_slash:
             raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
-        fd, st = open_regular(real)
+        fd, st = open_regular(real, None if cfg.follow_symlinks else self.root_real)
         fd, st, coding, vary = self._pick_variant(req, real, fd, st)
         sent = False
         try:
@@ -163,7 +163,9 @@ class Handler:
         if chosen is None:
             return fd, st, b"", vary
         try:
-            side_fd, side_st = open_regular(dict(found)[chosen])
+            side_fd, side_st = open_regular(
+                dict(found)[chosen], None if cfg.follow_symlinks else self.root_real
+            )
         except HttpError:
             return fd, st, b"", vary  # vanished or unreadable since the stat: the original will do
         os.close(fd)

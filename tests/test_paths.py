@@ -232,3 +232,29 @@ def test_device_without_driver_is_a_404(err: int) -> None:
     # History: a device node whose driver is absent (open gives ENXIO or ENODEV) was a 500.
     exc = os_error_to_http(OSError(err, os.strerror(err)))
     assert exc.status == 404
+
+
+def test_folder_swapped_for_symlink_after_the_check_is_not_followed(
+    layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # History: O_NOFOLLOW guarded only the last component; a folder replaced by a link out of
+    # the root between realpath and open let the secret out. The swap runs in the check's wake.
+    from evloop_httpd import handler as handler_mod
+
+    (layout / "sub" / "secret.txt").write_bytes(b"harmless\n")
+    real_resolve = handler_mod.resolve
+
+    def resolve_then_swap(*args: object, **kw: object) -> object:
+        found = real_resolve(*args, **kw)  # type: ignore[arg-type]
+        if (layout / "sub").is_dir() and not (layout / "sub").is_symlink():
+            (layout / "sub").rename(layout / "sub-moved")
+            (layout / "sub").symlink_to(layout.parent / "outside")
+        return found
+
+    monkeypatch.setattr(handler_mod, "resolve", resolve_then_swap)
+    with running(layout) as s:
+        reply = request(s.port, raw(b"GET", b"/sub/secret.txt"))
+        assert (layout / "sub").is_symlink()  # the swap did happen in the window
+        assert reply.status == 404, reply.raw_head
+        assert SECRET not in reply.body
+        assert request(s.port, raw(b"GET", b"/hello.txt")).body == b"hello\n"

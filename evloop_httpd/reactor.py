@@ -57,8 +57,9 @@ import time
 from collections.abc import Callable
 
 from .config import Config
-from .connection import READ, WRITE, Connection, ConnState, Context
+from .connection import Connection, Context
 from .log import Logs
+from .states import READ, WRITE, ConnState
 
 assert selectors.EVENT_READ == READ and selectors.EVENT_WRITE == WRITE
 

@@ -3,9 +3,10 @@
 Theory of operation
 -------------------
 A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
-which looks the (state, :class:`Input`) pair up in ``TRANSITIONS``; a pair missing from that table
-is a bug, is reported, and closes the connection. What the reactor should wait for is read off
-the state alone (``INTEREST``), so the reactor never has to reason about HTTP.
+which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
+:mod:`states`); a pair missing from that table is a bug, is reported, and closes the
+connection. What the reactor should wait for is read off the state alone (``INTEREST``), so the
+reactor never has to reason about HTTP.
 
 The reactor drives a connection through five calls, each given the current time:
 
@@ -38,7 +39,6 @@ while a response is being written, so ``inbuf`` never holds more than the head l
 from __future__ import annotations
 
 import os
-from enum import Enum
 from http import HTTPStatus
 from typing import Protocol
 
@@ -56,89 +56,11 @@ from .responses import (
     encode_middle,
     error_response,
 )
+from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, ConnState, Input
 from .upload import Upload
 
-READ = 1  # selectors.EVENT_READ
-WRITE = 2  # selectors.EVENT_WRITE
-
-
-class ConnState(Enum):
-    # Members are singletons, so identity hashing is exact, and it runs in C: Enum's own
-    # __hash__ is Python code, and the transition table is consulted several times a request.
-    __hash__ = object.__hash__
-
-    READING_HEADERS = "reading headers"
-    WRITING_CONTINUE = "writing 100 Continue"
-    READING_BODY = "reading body"
-    WRITING_HEADERS = "writing headers"
-    STREAMING_FILE = "streaming file"
-    LINGERING = "lingering"
-    CLOSED = "closed"
-
-
-class Input(Enum):
-    __hash__ = object.__hash__
-
-    HEAD_COMPLETE = "head complete, response ready"
-    CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
-    BODY_EXPECTED = "head complete, body follows"
-    CONTINUE_SENT = "100 Continue sent"
-    BODY_COMPLETE = "body complete, response ready"
-    ERROR = "error response ready"
-    FILE_FOLLOWS = "headers sent, file follows"
-    RESPONSE_DONE = "response sent, keep alive"
-    RESPONSE_DONE_CLOSE = "response sent, close"
-    PEER_EOF = "peer closed"
-    TIMEOUT = "deadline passed"
-    DRAINED = "nothing left to drain"
-    ABORT = "abort"
-
-
 S = ConnState
-I = Input  # noqa: E741 - the table below reads better with one-letter aliases
-
-TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
-    (S.READING_HEADERS, I.HEAD_COMPLETE): S.WRITING_HEADERS,
-    (S.READING_HEADERS, I.CONTINUE_EXPECTED): S.WRITING_CONTINUE,
-    (S.READING_HEADERS, I.BODY_EXPECTED): S.READING_BODY,
-    (S.READING_HEADERS, I.ERROR): S.WRITING_HEADERS,
-    (S.READING_HEADERS, I.PEER_EOF): S.CLOSED,
-    (S.READING_HEADERS, I.TIMEOUT): S.CLOSED,
-    (S.READING_HEADERS, I.ABORT): S.CLOSED,
-    (S.WRITING_CONTINUE, I.CONTINUE_SENT): S.READING_BODY,
-    (S.WRITING_CONTINUE, I.TIMEOUT): S.CLOSED,
-    (S.WRITING_CONTINUE, I.ABORT): S.CLOSED,
-    (S.READING_BODY, I.BODY_COMPLETE): S.WRITING_HEADERS,
-    (S.READING_BODY, I.ERROR): S.WRITING_HEADERS,
-    (S.READING_BODY, I.ABORT): S.CLOSED,
-    (S.WRITING_HEADERS, I.FILE_FOLLOWS): S.STREAMING_FILE,
-    (S.WRITING_HEADERS, I.RESPONSE_DONE): S.READING_HEADERS,
-    (S.WRITING_HEADERS, I.RESPONSE_DONE_CLOSE): S.LINGERING,
-    (S.WRITING_HEADERS, I.TIMEOUT): S.CLOSED,
-    (S.WRITING_HEADERS, I.ABORT): S.CLOSED,
-    (S.STREAMING_FILE, I.RESPONSE_DONE): S.READING_HEADERS,
-    (S.STREAMING_FILE, I.RESPONSE_DONE_CLOSE): S.LINGERING,
-    (S.STREAMING_FILE, I.TIMEOUT): S.CLOSED,
-    (S.STREAMING_FILE, I.ABORT): S.CLOSED,
-    (S.LINGERING, I.PEER_EOF): S.CLOSED,
-    (S.LINGERING, I.DRAINED): S.CLOSED,
-    (S.LINGERING, I.TIMEOUT): S.CLOSED,
-    (S.LINGERING, I.ABORT): S.CLOSED,
-}
-
-INTEREST: dict[ConnState, int] = {
-    S.READING_HEADERS: READ,
-    S.WRITING_CONTINUE: WRITE,
-    S.READING_BODY: READ,
-    S.WRITING_HEADERS: WRITE,
-    S.STREAMING_FILE: WRITE,
-    S.LINGERING: READ,
-    S.CLOSED: 0,
-}
-
-# States in which nothing of the current response has gone out, so an error can still be sent.
-_CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
-_MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})
+I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
 
 
 def _names_head(inbuf: bytearray) -> bool:
@@ -276,7 +198,7 @@ class Connection:
         if not data:
             if state is S.READING_HEADERS and not self.inbuf:
                 self._fire(I.PEER_EOF)
-            elif state in _CAN_RESPOND:
+            elif state in CAN_RESPOND:
                 # A half-closed client may still read: tell it why nothing was done.
                 self._fail(bad_request("connection closed in the middle of a request"), now)
             else:
@@ -284,7 +206,7 @@ class Connection:
             return
         self.ctx.cache.next_epoch()
         self.inbuf += data
-        if state in _CAN_RESPOND:
+        if state in CAN_RESPOND:
             self._advance(now)
 
     def wrote(self, n: int, now: float) -> None:
@@ -341,7 +263,7 @@ class Connection:
         state = self.state
         if state is S.LINGERING:
             self.deadline = now + self.ctx.config.timeouts.linger_s
-        elif state in _MID_RESPONSE:
+        elif state in MID_RESPONSE:
             self._progress(n, now)
 
     def check_delivery(self, backlog: int, now: float) -> None:
@@ -505,7 +427,7 @@ class Connection:
             self.upload.abort()
             self.upload = None
         self.body = None
-        if self.state not in _CAN_RESPOND:
+        if self.state not in CAN_RESPOND:
             self.abort()
             return
         req = self.request
@@ -562,7 +484,7 @@ class Connection:
         if new is S.CLOSED:
             # A response cut short must not look like a clean end of stream to the client, and
             # its unsent bytes should not linger in the kernel: tell the reactor to reset.
-            self.reset = old in _MID_RESPONSE or old is S.READING_BODY
+            self.reset = old in MID_RESPONSE or old is S.READING_BODY
             self._release()
         if self.ctx.trace:
             self.ctx.observer.transition(self, old, inp, new)

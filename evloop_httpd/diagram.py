@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .connection import INTEREST, TRANSITIONS, ConnState
+from .states import INTEREST, TRANSITIONS, ConnState
 
 BEGIN = "<!-- BEGIN GENERATED: python -m evloop_httpd.diagram --write docs/state-machine.md -->"
 END = "<!-- END GENERATED -->"

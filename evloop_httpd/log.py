@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TextIO
 
 from .config import Config
-from .connection import INTEREST, Connection, ConnState, Input
+from .connection import Connection
+from .states import INTEREST, ConnState, Input
 
 _CSV_HEADER = [
     "server_ip",

@@ -57,8 +57,9 @@ import time
 from collections.abc import Callable
 
 from .config import Config
-from .connection import READ, WRITE, Connection, ConnState, Context
+from .connection import Connection, Context
 from .log import Logs
+from .states import READ, WRITE, ConnState
 
 assert selectors.EVENT_READ == READ and selectors.EVENT_WRITE == WRITE
 
@@ -322,6 +323,9 @@ class Server:
         conn.receive(data, now)
 
     def _pump(self, conn: Connection, now: float) -> None:
+        """Send what the connection has to send until the kernel refuses or the budget ends:
+        held-back bytes first, then ``out`` (a head, a small body, a multipart boundary), then
+        the file span. See the module docstring for when a response is held back."""
         sock: socket.socket = conn.sock  # type: ignore[assignment]
         try:
             for _ in range(PUMP_BUDGET):
@@ -346,9 +350,9 @@ class Server:
                         # The next response is about to be made without waiting for input:
                         # hold this one back, and send the batch with one call.
                         if pending:
-                            pending += out
+                            pending += out  # non-empty, it is the bytearray: grows in place
                         else:
-                            conn.pending = bytearray(out)
+                            conn.pending = bytearray(out)  # idle connections keep b"", not this
                         conn.wrote(len(out), now)
                         continue
                     if conn.out_pos:

@@ -30,9 +30,10 @@ import h11
 from evloop_httpd import connection as connection_module
 from evloop_httpd.body import ChunkedBody, FixedBody
 from evloop_httpd.config import Config, Limits
-from evloop_httpd.connection import Connection, ConnState, Context
+from evloop_httpd.connection import Connection, Context
 from evloop_httpd.errors import HttpError
 from evloop_httpd.parser import Request, parse_head
+from evloop_httpd.states import ConnState
 
 LIMITS = Limits()
 # Limits small enough that generated inputs cross every one of them.

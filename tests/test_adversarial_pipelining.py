@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from evloop_httpd.connection import Connection, ConnState
+from evloop_httpd.connection import Connection
 from evloop_httpd.reactor import Server
+from evloop_httpd.states import ConnState
 
 from .helpers import (
     DEADLINE_S,

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd import fastpath
-from evloop_httpd.connection import READ, Connection, ConnState
+from evloop_httpd.connection import Connection
 from evloop_httpd.reactor import STAGE_BYTES, Server
+from evloop_httpd.states import READ, ConnState
 
 from .helpers import DEADLINE_S, Client, get, make_config, running
 

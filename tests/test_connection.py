@@ -9,17 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from evloop_httpd.connection import (
-    INTEREST,
-    READ,
-    TRANSITIONS,
-    WRITE,
-    Connection,
-    ConnState,
-    Context,
-    Input,
-)
+from evloop_httpd.connection import Connection, Context
 from evloop_httpd.responses import CONTINUE
+from evloop_httpd.states import INTEREST, READ, TRANSITIONS, WRITE, ConnState, Input
 
 from .helpers import make_config
 

@@ -360,7 +360,8 @@ class _RaisingObserver:
 def test_release_frees_the_file_even_if_logging_fails(www: Path) -> None:
     # History: at EMFILE, the access log's lazy codec import raised inside _release before the
     # file descriptor was closed, leaking one descriptor per aborted response.
-    from evloop_httpd.connection import Connection, ConnState, Context
+    from evloop_httpd.connection import Connection, Context
+    from evloop_httpd.states import ConnState
 
     conn = Connection(Context(make_config(www), _RaisingObserver()), 0.0)  # type: ignore[arg-type]
     conn.receive(get("/data.bin"), 0.0)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from evloop_httpd.connection import Connection, Input
+from evloop_httpd.connection import Connection
+from evloop_httpd.states import Input
 from fuzz import harness, properties
 
 SEEDS = harness.load_seeds()

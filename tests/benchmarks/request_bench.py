@@ -28,8 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from evloop_httpd.config import Config
-from evloop_httpd.connection import Connection, ConnState, Context
+from evloop_httpd.connection import Connection, Context
 from evloop_httpd.reactor import more_follows
+from evloop_httpd.states import ConnState
 
 REQUEST = b"GET /small.bin HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"  # what wrk sends
 DEPTH = 16

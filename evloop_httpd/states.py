@@ -1,0 +1,97 @@
+"""The connection state machine as data: states, inputs, transitions, and what each waits for.
+
+Theory of operation
+-------------------
+A connection is always in exactly one :class:`ConnState` and moves only when an :class:`Input`
+happens to it. ``TRANSITIONS`` maps each allowed (state, input) pair to the next state; a pair
+missing from it is a bug, and :mod:`connection` then closes the connection. ``INTEREST`` says
+what the reactor waits for in each state, so the reactor reads it off the state and never
+reasons about HTTP. Nothing here does anything: this module is the table the code runs and
+the one :mod:`diagram` draws (docs/state-machine.md), so the picture cannot drift from it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+READ = 1  # selectors.EVENT_READ
+WRITE = 2  # selectors.EVENT_WRITE
+
+
+class ConnState(Enum):
+    # Members are singletons, so identity hashing is exact, and it runs in C: Enum's own
+    # __hash__ is Python code, and the transition table is consulted several times a request.
+    __hash__ = object.__hash__
+
+    READING_HEADERS = "reading headers"
+    WRITING_CONTINUE = "writing 100 Continue"
+    READING_BODY = "reading body"
+    WRITING_HEADERS = "writing headers"
+    STREAMING_FILE = "streaming file"
+    LINGERING = "lingering"
+    CLOSED = "closed"
+
+
+class Input(Enum):
+    __hash__ = object.__hash__
+
+    HEAD_COMPLETE = "head complete, response ready"
+    CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
+    BODY_EXPECTED = "head complete, body follows"
+    CONTINUE_SENT = "100 Continue sent"
+    BODY_COMPLETE = "body complete, response ready"
+    ERROR = "error response ready"
+    FILE_FOLLOWS = "headers sent, file follows"
+    RESPONSE_DONE = "response sent, keep alive"
+    RESPONSE_DONE_CLOSE = "response sent, close"
+    PEER_EOF = "peer closed"
+    TIMEOUT = "deadline passed"
+    DRAINED = "nothing left to drain"
+    ABORT = "abort"
+
+
+S = ConnState
+I = Input  # noqa: E741 - the table below reads better with one-letter aliases
+
+TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
+    (S.READING_HEADERS, I.HEAD_COMPLETE): S.WRITING_HEADERS,
+    (S.READING_HEADERS, I.CONTINUE_EXPECTED): S.WRITING_CONTINUE,
+    (S.READING_HEADERS, I.BODY_EXPECTED): S.READING_BODY,
+    (S.READING_HEADERS, I.ERROR): S.WRITING_HEADERS,
+    (S.READING_HEADERS, I.PEER_EOF): S.CLOSED,
+    (S.READING_HEADERS, I.TIMEOUT): S.CLOSED,
+    (S.READING_HEADERS, I.ABORT): S.CLOSED,
+    (S.WRITING_CONTINUE, I.CONTINUE_SENT): S.READING_BODY,
+    (S.WRITING_CONTINUE, I.TIMEOUT): S.CLOSED,
+    (S.WRITING_CONTINUE, I.ABORT): S.CLOSED,
+    (S.READING_BODY, I.BODY_COMPLETE): S.WRITING_HEADERS,
+    (S.READING_BODY, I.ERROR): S.WRITING_HEADERS,
+    (S.READING_BODY, I.ABORT): S.CLOSED,
+    (S.WRITING_HEADERS, I.FILE_FOLLOWS): S.STREAMING_FILE,
+    (S.WRITING_HEADERS, I.RESPONSE_DONE): S.READING_HEADERS,
+    (S.WRITING_HEADERS, I.RESPONSE_DONE_CLOSE): S.LINGERING,
+    (S.WRITING_HEADERS, I.TIMEOUT): S.CLOSED,
+    (S.WRITING_HEADERS, I.ABORT): S.CLOSED,
+    (S.STREAMING_FILE, I.RESPONSE_DONE): S.READING_HEADERS,
+    (S.STREAMING_FILE, I.RESPONSE_DONE_CLOSE): S.LINGERING,
+    (S.STREAMING_FILE, I.TIMEOUT): S.CLOSED,
+    (S.STREAMING_FILE, I.ABORT): S.CLOSED,
+    (S.LINGERING, I.PEER_EOF): S.CLOSED,
+    (S.LINGERING, I.DRAINED): S.CLOSED,
+    (S.LINGERING, I.TIMEOUT): S.CLOSED,
+    (S.LINGERING, I.ABORT): S.CLOSED,
+}
+
+INTEREST: dict[ConnState, int] = {
+    S.READING_HEADERS: READ,
+    S.WRITING_CONTINUE: WRITE,
+    S.READING_BODY: READ,
+    S.WRITING_HEADERS: WRITE,
+    S.STREAMING_FILE: WRITE,
+    S.LINGERING: READ,
+    S.CLOSED: 0,
+}
+
+# States in which nothing of the current response has gone out, so an error can still be sent.
+CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
+MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})

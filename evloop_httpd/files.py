@@ -46,6 +46,9 @@ UPLOAD_SUFFIX = ".tmp"
 _NOT_FOUND = "no such file"
 _DOUBLE_ENCODED = re.compile(r"%(?:2e|2f|5c|00)", re.IGNORECASE)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
+# No O_NOFOLLOW: where the folder leads is checked on the descriptor itself (/proc), which also
+# catches a link swapped in at any component, not just the last.
+_FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,28 @@ def open_regular(path: str, root_real: str | None = None) -> tuple[int, os.stat_
         os.close(fd)
         raise HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
     return fd, st
+
+
+def open_folder(folder: str, root_real: str) -> int:
+    """A descriptor for the folder a PUT writes into, checked to be inside the root.
+
+    The path was resolved and checked before, but a folder on the way may be swapped for a
+    symlink before the upload ends: creating, renaming and unlinking relative to this
+    descriptor keeps every write in the folder that was checked. ``O_PATH`` needs no read
+    permission on the folder, only what the path walk needs.
+    """
+    try:
+        fd = os.open(folder, _FOLDER_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise HttpError(
+                HTTPStatus.CONFLICT, "the parent folder does not exist", close=True
+            ) from None
+        raise os_error_to_http(exc) from None
+    if not _opened_inside(root_real, fd):
+        os.close(fd)
+        raise HttpError(HTTPStatus.FORBIDDEN, "outside the served folder", close=True)
+    return fd
 
 
 def _opened_inside(root_real: str, fd: int) -> bool:

@@ -37,6 +37,7 @@ from .files import (
     content_type,
     decode_segments,
     inside,
+    open_folder,
     open_regular,
     os_error_to_http,
     resolve,
@@ -47,7 +48,7 @@ from .negotiate import SIDECARS, choose_coding, wants_json
 from .parser import Request
 from .ranges import content_range, multipart_spans, plan_ranges, unsatisfied_range
 from .responses import Response, http_date, text_response
-from .upload import Upload
+from .upload import Upload, lstat_in
 
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
@@ -298,20 +299,22 @@ class Handler:
         parent = os.path.realpath(os.path.join(self.root_real, *segments[:-1]))
         if not inside(self.root_real, parent):
             raise HttpError(HTTPStatus.FORBIDDEN, "outside the served folder", close=True)
-        if not os.path.isdir(parent):
-            raise HttpError(HTTPStatus.CONFLICT, "the parent folder does not exist", close=True)
-        target = os.path.join(parent, segments[-1])
-        self._check_put_preconditions(req, target, wall)
-        return Upload(parent, target, fsync=self.config.fsync)
-
-    def _check_put_preconditions(self, req: Request, target: str, wall: float) -> None:
-        """412 unless the conditions hold for ``target`` as it is now (absent is fine)."""
+        # From here on the folder is a checked descriptor, not a path (see upload.py).
+        folder_fd = open_folder(parent, self.root_real)
         try:
-            st = os.lstat(target)
-        except FileNotFoundError:
+            self._check_put_preconditions(req, lstat_in(folder_fd, segments[-1]), wall)
+        except BaseException:
+            os.close(folder_fd)
+            raise
+        return Upload(folder_fd, parent, segments[-1], fsync=self.config.fsync)
+
+    def _check_put_preconditions(
+        self, req: Request, st: os.stat_result | None, wall: float
+    ) -> None:
+        """412 unless the conditions hold for the target whose ``lstat`` is ``st`` (None: absent,
+        which is fine)."""
+        if st is None:
             etag = last_modified = None
-        except OSError as exc:
-            raise os_error_to_http(exc) from None
         else:
             if stat.S_ISDIR(st.st_mode):
                 raise HttpError(HTTPStatus.CONFLICT, "the target is a directory", close=True)
@@ -330,7 +333,7 @@ class Handler:
             # Another PUT or DELETE may have finished while this body arrived: check again
             # just before the rename, so If-Match really prevents a lost update.
             try:
-                self._check_put_preconditions(req, upload.target, time.time())
+                self._check_put_preconditions(req, upload.target_stat(), time.time())
             except HttpError:
                 upload.abort()
                 raise

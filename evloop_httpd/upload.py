@@ -7,6 +7,12 @@ full disk, unlinks it. A reader therefore sees the old file or the new one, neve
 concurrent PUTs to one path end with exactly one body, whole. The temp name starts with a dot and
 is refused by :mod:`files` even under ``--dotfiles``, so it is never served; a server killed
 mid-upload leaves one behind, which :func:`remove_stale_temps` deletes at the next start.
+
+Every write happens relative to a descriptor of the target's folder, opened and checked to be
+inside the root when the PUT began (:func:`files.open_folder`): the temp file is created,
+renamed and unlinked by name within that descriptor. A folder on the path swapped for a symlink
+while the body arrives therefore changes nothing: the upload lands in the folder that was
+checked, never where the symlink points.
 """
 
 from __future__ import annotations
@@ -30,24 +36,32 @@ class Upload:
     """One PUT in progress. Call :meth:`write` for each piece, then :meth:`commit` or
     :meth:`abort`; after either, the object holds no descriptor and no temp file."""
 
-    __slots__ = ("_fd", "_fsync", "_tmp", "target", "written")
+    __slots__ = ("_dir", "_fd", "_fsync", "_tmp", "name", "target", "written")
 
-    def __init__(self, folder: str, target: str, *, fsync: bool) -> None:
-        self.target = target
+    def __init__(self, folder_fd: int, folder: str, name: str, *, fsync: bool) -> None:
+        """Takes ownership of ``folder_fd`` (see :func:`files.open_folder`), even on error."""
+        self._dir = folder_fd
+        self.name = name
+        self.target = os.path.join(folder, name)  # for messages; writes go through _dir
         self._fsync = fsync
         self.written = 0
-        self._tmp = os.path.join(folder, f"{UPLOAD_PREFIX}{secrets.token_hex(8)}{UPLOAD_SUFFIX}")
+        self._tmp = f"{UPLOAD_PREFIX}{secrets.token_hex(8)}{UPLOAD_SUFFIX}"
         try:
-            self._fd = os.open(self._tmp, _CREATE_FLAGS, 0o666)
+            self._fd = os.open(self._tmp, _CREATE_FLAGS, 0o666, dir_fd=folder_fd)
         except OSError as exc:
+            self._fd = -1
+            os.close(folder_fd)
+            self._dir = -1
             raise os_error_to_http(exc) from None
-        try:
-            # Keep a replaced file's permissions rather than resetting them to the umask's.
-            old = os.lstat(target)
-            if stat.S_ISREG(old.st_mode):
+        # Keep a replaced file's permissions rather than resetting them to the umask's.
+        old = self.target_stat()
+        if old is not None and stat.S_ISREG(old.st_mode):
+            with contextlib.suppress(OSError):
                 os.fchmod(self._fd, stat.S_IMODE(old.st_mode))
-        except OSError:
-            pass
+
+    def target_stat(self) -> os.stat_result | None:
+        """``lstat`` of the target in the checked folder; None when there is none."""
+        return lstat_in(self._dir, self.name)
 
     @property
     def active(self) -> bool:
@@ -77,8 +91,8 @@ class Upload:
             if self._fsync:
                 os.fsync(fd)
             etag = strong_etag(os.fstat(fd))
-            created = not os.path.lexists(self.target)
-            os.replace(self._tmp, self.target)
+            created = self.target_stat() is None
+            os.replace(self._tmp, self.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except IsADirectoryError:
             self.abort()
             raise HttpError(HTTPStatus.CONFLICT, "the target is a directory", close=True) from None
@@ -87,8 +101,12 @@ class Upload:
             raise os_error_to_http(exc) from None
         self._fd = -1
         os.close(fd)
-        if self._fsync:
-            _fsync_dir(os.path.dirname(self.target))
+        try:
+            if self._fsync:
+                _fsync_dir(self._dir)
+        finally:
+            os.close(self._dir)
+            self._dir = -1
         return created, etag
 
     def abort(self) -> None:
@@ -98,12 +116,26 @@ class Upload:
         os.close(self._fd)
         self._fd = -1
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+            os.unlink(self._tmp, dir_fd=self._dir)
+        os.close(self._dir)
+        self._dir = -1
 
 
-def _fsync_dir(folder: str) -> None:
-    # The rename is only durable once the directory entry is.
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def lstat_in(folder_fd: int, name: str) -> os.stat_result | None:
+    """``lstat`` of ``name`` in the folder ``folder_fd``; None when absent. Other errors raise
+    the matching :class:`HttpError`."""
+    try:
+        return os.lstat(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise os_error_to_http(exc) from None
+
+
+def _fsync_dir(folder_fd: int) -> None:
+    # The rename is only durable once the directory entry is. The folder's descriptor may be
+    # O_PATH, which fsync refuses: open the folder itself through it.
+    dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=folder_fd)
     try:
         os.fsync(dfd)
     finally:

@@ -248,7 +248,7 @@ def test_disk_fills_during_put(
 def test_disk_full_at_commit(
     server: RunningServer, www: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def replace(src: str, dst: str) -> None:
+    def replace(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(upload_mod.os, "replace", replace)
@@ -265,7 +265,7 @@ def test_bug_at_commit_gives_500_and_removes_temp(
 ) -> None:
     # History: the connection dropped its reference to the upload before committing it, so an
     # unexpected exception in commit left the temp file behind.
-    def replace(src: str, dst: str) -> None:
+    def replace(src: str, dst: str, **dir_fds: int) -> None:
         raise RuntimeError("injected")
 
     monkeypatch.setattr(upload_mod.os, "replace", replace)
@@ -387,7 +387,7 @@ def test_read_only_file_system_is_a_403(
             raise OSError(errno.EROFS, "Read-only file system")
         return real_open(path, *args, **kw)  # type: ignore[arg-type]
 
-    def replace(src: str, dst: str) -> None:
+    def replace(src: str, dst: str, **dir_fds: int) -> None:
         raise OSError(errno.EROFS, "Read-only file system")
 
     if where == "create":

@@ -17,7 +17,7 @@ import pytest
 
 from evloop_httpd.files import os_error_to_http
 
-from .helpers import Client, RunningServer, make_config, request, running
+from .helpers import Client, RunningServer, make_config, request, running, wait_until
 
 SECRET = b"TOP-SECRET-outside-the-root\n"
 DOT_SECRET = b"API_KEY=hunter2\n"
@@ -258,3 +258,52 @@ def test_folder_swapped_for_symlink_after_the_check_is_not_followed(
         assert reply.status == 404, reply.raw_head
         assert SECRET not in reply.body
         assert request(s.port, raw(b"GET", b"/hello.txt")).body == b"hello\n"
+
+
+def test_put_folder_swapped_after_the_check_writes_nothing_outside(
+    layout: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # History: a PUT created and renamed its temp file by path, so a folder replaced by a link
+    # out of the root between the check and the create wrote the upload outside the root.
+    from evloop_httpd import handler as handler_mod
+
+    outside = layout.parent / "outside"
+    real_inside = handler_mod.inside
+
+    def inside_then_swap(root: str, path: str) -> bool:
+        verdict = real_inside(root, path)
+        if (layout / "sub").is_dir() and not (layout / "sub").is_symlink():
+            (layout / "sub").rename(layout / "sub-moved")
+            (layout / "sub").symlink_to(outside)
+        return verdict
+
+    monkeypatch.setattr(handler_mod, "inside", inside_then_swap)
+    before = sorted(p.name for p in outside.iterdir())
+    with running(layout) as s:
+        reply = request(
+            s.port, b"PUT /sub/new.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+        )
+        assert (layout / "sub").is_symlink()  # the swap did happen in the window
+        assert reply.status == 403, reply.raw_head
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert not (layout / "sub-moved" / "new.txt").exists()
+
+
+def test_put_folder_swapped_while_the_body_arrives_lands_in_the_checked_folder(
+    layout: Path,
+) -> None:
+    # History: the rename went by path, through whatever the folder's name pointed to by then.
+    outside = layout.parent / "outside"
+    before = sorted(p.name for p in outside.iterdir())
+    with running(layout) as s, Client(s.port) as c:
+        c.send(b"PUT /sub/new.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 6\r\n\r\nabc")
+        assert wait_until(
+            lambda: any(p.name.startswith(".evloop-upload-") for p in (layout / "sub").iterdir())
+        )
+        (layout / "sub").rename(layout / "sub-moved")
+        (layout / "sub").symlink_to(outside)
+        c.send(b"def")
+        assert c.read_response().status == 201
+    assert (layout / "sub-moved" / "new.txt").read_bytes() == b"abcdef"
+    assert sorted(p.name for p in outside.iterdir()) == before
+    assert not [p for p in (layout / "sub-moved").iterdir() if p.name.startswith(".evloop")]

@@ -5,14 +5,16 @@ Theory of operation
 The slow path (``Handler.begin``) resolves a path safely (realpath, root check, hidden names),
 stats and opens the file, and builds the headers. For a plain ``200`` to a GET, this module
 remembers the result under the request's raw path (and its ``Accept-Encoding``, which can select
-a different file): the file it named, the file's identity (device, inode, size, mtime in ns), the
-encoded header block, and, for a small file, its bytes.
+a different file): the file it named, the file's identity (device, inode, size, and the mtime
+and ctime in ns), the encoded header block, and, for a small file, its bytes.
 
 A later request for the same key is answered from the entry only after one ``stat`` of that
 file shows the same identity. That check carries both guarantees:
 
 * **Never stale.** Any write to the file changes its size or mtime_ns, and a replacement
   (``os.replace`` by a PUT, an editor's save-as) changes its inode. Either makes the entry miss.
+  The ctime catches the rest: a ``chmod`` (which may make the file unreadable to us), and a
+  write whose mtime was then set back (``touch -d``, ``rsync -t``), since no one can set it.
 * **Never outside the root.** The entry was filled by the safe slow path. If a folder on the way
   is later swapped for a symlink, ``stat`` follows it to some other inode, and the entry misses;
   if it leads to the very same inode, it is the very same file we checked.
@@ -80,7 +82,7 @@ class Entry:
     def __init__(
         self,
         path: str,
-        identity: tuple[int, int, int, int],
+        identity: tuple[int, int, int, int, int],
         middle: bytes,
         length: int,
         body: bytes | None,
@@ -156,7 +158,7 @@ class ResponseCache:
         except OSError:
             self._drop(key)
             return None
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != entry.identity:
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != entry.identity:
             if fd >= 0:
                 os.close(fd)
             self._drop(key)
@@ -202,7 +204,7 @@ class ResponseCache:
         self._drop(key)
         entry = Entry(
             path,
-            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns),
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns),
             encode_middle(resp.headers, self._extra),
             length,
             body,

@@ -106,3 +106,15 @@ def test_an_unmet_expectation_is_417_even_when_the_path_is_cached(server: Runnin
     assert request(server.port, teapot).status == 417
     go_on = request(server.port, get("/hello.txt", "Expect: 100-continue\r\n"))
     assert (go_on.status, go_on.body) == (200, b"hello, world\n")
+
+
+def test_same_size_rewrite_with_its_mtime_set_back_is_seen(server: RunningServer) -> None:
+    # History: the identity was (device, inode, size, mtime): `touch -d`/`rsync -t` after a
+    # same-size rewrite restored all four, so old bytes stayed served until the entry aged out.
+    path = server.root / "hello.txt"
+    assert request(server.port, get("/hello.txt")).body == b"hello, world\n"
+    before = path.stat()
+    path.write_bytes(b"HELLO, WORLD\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns
+    assert request(server.port, get("/hello.txt")).body == b"HELLO, WORLD\n"

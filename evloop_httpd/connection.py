@@ -383,10 +383,7 @@ class Connection:
                 # Refused at the last moment (a precondition re-checked before the rename):
                 # the body was read to its end, so the framing still holds and the connection
                 # may stay open for the next request.
-                upload.abort()
-                self.body = self.upload = None
-                resp = error_response(exc)
-                self._start_response(resp, now, I.ERROR, body_read=True)
+                self._fail(exc, now, body_read=True)
                 return
             self.body = self.upload = None
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
@@ -422,7 +419,7 @@ class Connection:
         self._fire(inp)
         self._start_phase(now)
 
-    def _fail(self, exc: HttpError, now: float) -> None:
+    def _fail(self, exc: HttpError, now: float, *, body_read: bool = False) -> None:
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
@@ -433,7 +430,7 @@ class Connection:
         req = self.request
         head_only = req.method == b"HEAD" if req is not None else _names_head(self.inbuf)
         resp = error_response(exc, head_only=head_only)
-        self._start_response(resp, now, I.ERROR, body_read=False)
+        self._start_response(resp, now, I.ERROR, body_read=body_read)
 
     def _finish_response(self, now: float) -> None:
         if self.file_fd >= 0:

@@ -306,7 +306,7 @@ class Handler:
         except BaseException:
             os.close(folder_fd)
             raise
-        return Upload(folder_fd, parent, segments[-1], fsync=self.config.fsync)
+        return Upload(folder_fd, segments[-1], fsync=self.config.fsync)
 
     def _check_put_preconditions(
         self, req: Request, st: os.stat_result | None, wall: float

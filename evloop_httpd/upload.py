@@ -36,13 +36,12 @@ class Upload:
     """One PUT in progress. Call :meth:`write` for each piece, then :meth:`commit` or
     :meth:`abort`; after either, the object holds no descriptor and no temp file."""
 
-    __slots__ = ("_dir", "_fd", "_fsync", "_tmp", "name", "target", "written")
+    __slots__ = ("_dir", "_fd", "_fsync", "_tmp", "name", "written")
 
-    def __init__(self, folder_fd: int, folder: str, name: str, *, fsync: bool) -> None:
+    def __init__(self, folder_fd: int, name: str, *, fsync: bool) -> None:
         """Takes ownership of ``folder_fd`` (see :func:`files.open_folder`), even on error."""
         self._dir = folder_fd
         self.name = name
-        self.target = os.path.join(folder, name)  # for messages; writes go through _dir
         self._fsync = fsync
         self.written = 0
         self._tmp = f"{UPLOAD_PREFIX}{secrets.token_hex(8)}{UPLOAD_SUFFIX}"

@@ -29,6 +29,8 @@ from .errors import HttpError
 from .files import UPLOAD_PREFIX, UPLOAD_SUFFIX, os_error_to_http, strong_etag
 
 _TEMP_NAME = re.compile(re.escape(UPLOAD_PREFIX) + r"[0-9a-f]{16}" + re.escape(UPLOAD_SUFFIX))
+# The permission bits a replaced file passes on: rwx for user, group and other, nothing else.
+KEPT_MODE_BITS = 0o777
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
@@ -52,11 +54,14 @@ class Upload:
             os.close(folder_fd)
             self._dir = -1
             raise os_error_to_http(exc) from None
-        # Keep a replaced file's permissions rather than resetting them to the umask's.
+        # A replaced file keeps its read, write and execute bits (a script stays executable, a
+        # private file private) but never setuid, setgid or sticky: the new file belongs to the
+        # server's user, so copying a setuid bit a local user set on their own file would turn
+        # any uploaded binary into a program that runs as the server (root, say).
         old = self.target_stat()
         if old is not None and stat.S_ISREG(old.st_mode):
             with contextlib.suppress(OSError):
-                os.fchmod(self._fd, stat.S_IMODE(old.st_mode))
+                os.fchmod(self._fd, stat.S_IMODE(old.st_mode) & KEPT_MODE_BITS)
 
     def target_stat(self) -> os.stat_result | None:
         """``lstat`` of the target in the checked folder; None when there is none."""

@@ -241,3 +241,24 @@ def test_sigkill_mid_put_then_restart_cleans_up(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=DEADLINE_S)
     assert proc.returncode == 0
     assert "removed 3 unfinished upload(s)" in err
+
+
+# History: a PUT over a file copied the old file's whole mode, setuid and setgid included, so a
+# local user could chmod 4755 a file of their own and have a server running as root write any
+# uploaded binary over it: a root-owned setuid program (hostile review, issue 10).
+@pytest.mark.parametrize("special", [0o4000, 0o2000, 0o1000], ids=["setuid", "setgid", "sticky"])
+def test_replaced_file_never_keeps_special_bits(www: Path, special: int) -> None:
+    target = www / "tool"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o755 | special)
+    if os.getuid() == 0:
+        # The attack's shape: the old file belongs to an ordinary user, the server is root.
+        os.chown(target, 65534, 65534)
+        os.chmod(target, 0o755 | special)  # chown clears setuid/setgid; set them again
+    assert target.stat().st_mode & 0o7777 == 0o755 | special
+    with running(www) as srv:
+        assert request(srv.port, put_head("/tool", 3) + b"new").status == 204
+    st = target.stat()
+    assert target.read_bytes() == b"new"
+    assert st.st_mode & 0o7000 == 0, oct(st.st_mode)
+    assert st.st_mode & 0o777 == 0o755  # the rwx bits are kept: a script stays executable

@@ -87,10 +87,24 @@ class Observer(Protocol):
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("cache", "config", "date", "handler", "observer", "stopping", "trace")
+    __slots__ = (
+        "acks_known",
+        "cache",
+        "config",
+        "date",
+        "handler",
+        "observer",
+        "stopping",
+        "trace",
+        "uploads",
+    )
 
     def __init__(self, config: Config, observer: Observer) -> None:
         self.config = config
+        # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
+        # response's average rate is judged on that, not on what the kernel took: see _progress.
+        self.acks_known = False
+        self.uploads = 0  # PUTs holding a temp file and a folder descriptor (see Config)
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
@@ -107,6 +121,7 @@ class Connection:
         "ctx",
         "deadline",
         "delivered",
+        "handed",
         "file_fd",
         "file_offset",
         "file_remaining",
@@ -118,6 +133,7 @@ class Connection:
         "out_pos",
         "peer",
         "phase_bytes",
+        "phase_acked",
         "phase_start",
         "request",
         "scan_from",
@@ -164,9 +180,13 @@ class Connection:
         self.keep_alive = False
         self.status = 0
         self.sent = 0  # bytes of the current response on the wire
-        self.delivered = 0  # of those, acknowledged by the client when the stall timer last looked
+        # Over the connection's life: bytes of responses the kernel took (or the reactor held
+        # back), and of those, the ones the client had acknowledged when the timer last looked.
+        self.handed = 0
+        self.delivered = 0
         self.phase_start = now
         self.phase_bytes = 0
+        self.phase_acked = 0  # bytes the client acknowledged in this phase (see check_delivery)
         self.deadline = now + ctx.config.timeouts.head_s
         self.peer = peer
         self.local = local
@@ -213,6 +233,7 @@ class Connection:
         """``send`` took the first ``n`` bytes of ``out[out_pos:]``."""
         self.out_pos += n
         self.sent += n
+        self.handed += n
         if self.out_pos < len(self.out):
             self._progress(n, now)
             return
@@ -248,6 +269,7 @@ class Connection:
         self.file_offset += n
         self.file_remaining -= n
         self.sent += n
+        self.handed += n
         if self.file_remaining > 0 or self._next_span():
             self._progress(n, now)
         else:
@@ -283,8 +305,12 @@ class Connection:
         """
         if self.state is not S.WRITING_HEADERS and self.state is not S.STREAMING_FILE:
             return
-        delivered = self.sent - backlog
+        delivered = self.handed - backlog
         if delivered > self.delivered:
+            # Each byte is credited once, to the phase in which a look first saw it
+            # acknowledged (bytes of an earlier response still draining are the client
+            # reading, too, and were not credited to that response).
+            self.phase_acked += delivered - self.delivered
             self.delivered = delivered
             self._progress(0, now)
 
@@ -408,7 +434,6 @@ class Connection:
         self.keep_alive = keep
         self.status = resp.status
         self.sent = 0
-        self.delivered = 0
         self.out = head + resp.body if resp.body else head
         self.out_pos = 0
         if resp.file_fd >= 0:
@@ -458,13 +483,30 @@ class Connection:
     def _start_phase(self, now: float) -> None:
         self.phase_start = now
         self.phase_bytes = 0
+        self.phase_acked = 0
         self.deadline = now + self.ctx.config.timeouts.stall_s
 
     def _progress(self, n: int, now: float) -> None:
+        """``n`` more bytes moved: the deadline becomes the earlier of ``stall_s`` from now and
+        the average-rate bound, ``phase_start + stall_s + counted / min_rate``.
+
+        What a body's rate counts is what arrived. What a response's rate counts, where the
+        kernel can tell, is what the client *acknowledged* (``phase_acked``, as of the
+        timer's last look; see :meth:`check_delivery`), not what the kernel took: the kernel takes
+        megabytes at once into a send buffer it grows on a fast path, and counting those let a
+        client reading at half the minimum rate keep its slot ten times as long as it should
+        (and at the defaults, a trickling reader about an hour). So the deadline comes when
+        the acknowledged bytes run out; the reactor then asks the kernel, and a client that
+        did keep up gets a later deadline.
+        """
         t = self.ctx.config.timeouts
         self.phase_bytes += n
+        counted = self.phase_bytes
+        state = self.state
+        if self.ctx.acks_known and (state is S.WRITING_HEADERS or state is S.STREAMING_FILE):
+            counted = self.phase_acked
         self.deadline = min(
-            now + t.stall_s, self.phase_start + t.stall_s + self.phase_bytes / t.min_rate_bytes_s
+            now + t.stall_s, self.phase_start + t.stall_s + counted / t.min_rate_bytes_s
         )
 
     # Transitions and resources.

@@ -84,11 +84,18 @@ _WAKER = object()
 S = ConnState
 
 
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux sockets
+
+
 def _unacknowledged(sock: socket.socket) -> int | None:
     """Bytes in ``sock``'s send queue not yet acknowledged by the peer (Linux SIOCOUTQ), or
-    None where the kernel cannot tell. Asked only when a sending connection's timer expires."""
+    None where the kernel cannot tell. Asked only when a sending connection's timer expires:
+    about once per ``--stall-timeout`` for a client near ``--min-rate``, seldom for a fast one
+    (see ``Connection._progress``)."""
+    if _OUTQ is None:
+        return None
     try:
-        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        out = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
     except OSError:
         return None
     return struct.unpack("i", out)[0]
@@ -128,6 +135,8 @@ class Server:
         for s in (self._waker_r, self._waker_w):
             s.setblocking(False)
         self.sel.register(self._waker_r, selectors.EVENT_READ, _WAKER)
+        # Judge responses on what clients acknowledged only where the kernel says (Linux).
+        self.ctx.acks_known = _unacknowledged(self._waker_w) is not None
 
     # Set-up and tear-down
 

@@ -312,6 +312,24 @@ def test_acknowledged_bytes_do_not_relax_the_average_rate(root: Path) -> None:
     assert conn.state is S.CLOSED
 
 
+def test_a_response_rate_counts_what_the_client_acknowledged(root: Path) -> None:
+    # History: the rate bound counted bytes the kernel took, so 200,000 bytes in the send
+    # buffer at t=0 bought 5 s beyond the stall time for a client that read 1,000 of them.
+    conn, _ = make(root, timeouts={"stall_s": 10.0, "min_rate_bytes_s": 40_000})
+    conn.ctx.acks_known = True
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    conn.wrote(len(conn.out), 0.0)
+    conn.streamed(200_000, 0.0)
+    assert conn.deadline == 10.0  # nothing acknowledged yet: stall time only
+    conn.check_delivery(backlog=conn.sent - 40_000, now=10.0)  # 40,000 bytes acknowledged
+    conn.on_timeout(10.0)
+    assert conn.state is S.STREAMING_FILE
+    assert conn.deadline == 11.0  # 10 s + 40,000 bytes at 40,000 B/s, not 10 s + 5 s
+    conn.check_delivery(backlog=conn.sent - 40_000, now=11.0)  # nothing more: the bound stands
+    conn.on_timeout(11.0)
+    assert conn.state is S.CLOSED
+
+
 def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
     from evloop_httpd.reactor import more_follows
 

@@ -239,3 +239,68 @@ def test_cli_raises_soft_nofile_towards_max_connections(tmp_path: Path) -> None:
         proc.terminate()
         proc.communicate(timeout=DEADLINE_S)
     assert soft > 0
+
+
+def read_at(sock: socket.socket, rate: int, give_up_s: float) -> tuple[float, int]:
+    """Read ``rate`` bytes a second (in tenths) until the server closes or ``give_up_s`` pass.
+    Returns (seconds until closed, or ``inf``; bytes read)."""
+    start = time.monotonic()
+    got = 0
+    sock.settimeout(0.1)
+    while time.monotonic() - start < give_up_s:
+        allowed = int(rate * (time.monotonic() - start)) - got
+        try:
+            chunk = sock.recv(max(1, min(allowed, 4096))) if allowed > 0 else None
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - start, got
+        if chunk == b"":
+            return time.monotonic() - start, got
+        if chunk is None:
+            time.sleep(0.02)  # pacing the reader is the behaviour under test, not a sync
+            continue
+        got += len(chunk)
+    return float("inf"), got
+
+
+def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Path) -> None:
+    # History: --min-rate counted bytes the kernel took, so a reader at 57 KiB/s under a
+    # 100 KiB/s minimum (stall 2 s) kept its slot for about 50 s instead of about 5.
+    with open(tmp_path / "big.bin", "wb") as f:
+        f.truncate(BIG)
+    stall, min_rate, rate = 2.0, 100 * 1024, 57 * 1024
+    expected = stall / (1 - rate / min_rate)  # reading r of m per second: acked/m = t - stall
+    with running(tmp_path, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.settimeout(DEADLINE_S)
+        sock.connect(("127.0.0.1", srv.port))
+        try:
+            sock.sendall(get("/big.bin"))
+            took, got = read_at(sock, rate, give_up_s=4 * expected)
+        finally:
+            sock.close()
+    print(f"closed after {took:.2f} s, {got} bytes read; expected about {expected:.2f} s")
+    assert expected * 0.8 < took < expected * 1.6, (took, got, expected)
+    assert got < BIG
+
+
+def test_a_reader_above_min_rate_is_not_cut_off(tmp_path: Path) -> None:
+    # The other side of the bound: a steady reader a little above the minimum stays on for
+    # many stall periods although the kernel's buffer is far ahead of it.
+    with open(tmp_path / "big.bin", "wb") as f:
+        f.truncate(BIG)
+    stall, min_rate, rate = 1.0, 40 * 1024, 60 * 1024
+    with running(tmp_path, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.settimeout(DEADLINE_S)
+        sock.connect(("127.0.0.1", srv.port))
+        try:
+            sock.sendall(get("/big.bin"))
+            took, got = read_at(sock, rate, give_up_s=8 * stall)
+        finally:
+            sock.close()
+    assert took == float("inf"), (took, got)
+    assert got > 6 * stall * rate

@@ -7,13 +7,14 @@ and exit with status 2, as argparse does. A clean stop exits 0.
 from __future__ import annotations
 
 import argparse
-import resource
+import dataclasses
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from .config import KIB, Config, Limits, Timeouts
+from .descriptors import raise_nofile_limit
 from .reactor import Server
 from .upload import remove_stale_temps
 
@@ -262,34 +263,16 @@ def url_for(address: tuple) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-FD_RESERVE = 64  # descriptors beyond one per connection: files being sent, uploads, logs
-
-
-def raise_nofile_limit(max_connections: int) -> None:
-    """Raise the soft RLIMIT_NOFILE towards what ``max_connections`` needs, up to the hard limit.
-
-    Many systems start processes with a soft limit of 1024 and a far higher hard limit; left
-    alone, the server would hit EMFILE (and pause accepting) long before its connection cap.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + FD_RESERVE
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (OSError, ValueError) as exc:
-        print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
-    raise_nofile_limit(config.max_connections)
+    budget = raise_nofile_limit(config.max_connections)
+    config = dataclasses.replace(
+        config, max_connections=budget.max_connections, max_uploads=budget.max_uploads
+    )
     stale = remove_stale_temps(str(config.root))
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)

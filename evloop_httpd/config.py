@@ -56,6 +56,9 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 10_000
+    # PUTs receiving at once; None: as many as connections. Set from the open-file limit at
+    # start (descriptors.py): an upload holds three descriptors, a GET two.
+    max_uploads: int | None = None
     use_sendfile: bool = True
     follow_symlinks: bool = False  # follow symlinks that leave the root
     dotfiles: bool = False

@@ -384,6 +384,19 @@ class Connection:
         if isinstance(plan, Response):
             self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
             return
+        cap = ctx.config.max_uploads
+        if cap is not None and ctx.uploads >= cap:
+            # Past the descriptor budget for uploads (see descriptors.py): refuse this one
+            # rather than let GETs run out of descriptors. Its two were opened and are closed
+            # within this step, which the budget's reserve covers.
+            plan.abort()
+            raise HttpError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "too many uploads at once, try again",
+                close=True,
+                headers=((b"Retry-After", b"1"),),
+            )
+        ctx.uploads += 1  # until _drop_upload
         self.upload = plan
         self.body = ChunkedBody(ctx.config.limits) if req.chunked else FixedBody(req.content_length)
         if req.expect == b"100-continue" and req.has_body and not inbuf:
@@ -411,7 +424,8 @@ class Connection:
                 # may stay open for the next request.
                 self._fail(exc, now, body_read=True)
                 return
-            self.body = self.upload = None
+            self.body = None
+            self._drop_upload()  # committed: it holds nothing any more
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 
     def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:
@@ -445,9 +459,7 @@ class Connection:
         self._start_phase(now)
 
     def _fail(self, exc: HttpError, now: float, *, body_read: bool = False) -> None:
-        if self.upload is not None:
-            self.upload.abort()
-            self.upload = None
+        self._drop_upload()
         self.body = None
         if self.state not in CAN_RESPOND:
             self.abort()
@@ -548,12 +560,17 @@ class Connection:
         self.spans = []
         self.trailer = b""
 
-    def _release(self) -> None:
-        # Descriptors and temp files first: if logging below raises, nothing leaks.
-        self._close_file()
+    def _drop_upload(self) -> None:
+        """Abort the upload if it is still open (a no-op after a commit) and free its slot."""
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
+            self.ctx.uploads -= 1
+
+    def _release(self) -> None:
+        # Descriptors and temp files first: if logging below raises, nothing leaks.
+        self._close_file()
+        self._drop_upload()
         self.body = None
         self.out = b""
         self.inbuf = bytearray()

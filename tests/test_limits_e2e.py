@@ -234,7 +234,7 @@ def test_cli_raises_soft_nofile_towards_max_connections(tmp_path: Path) -> None:
         with open(f"/proc/{proc.pid}/limits") as f:
             line = next(x for x in f if x.startswith("Max open files"))
         new_soft = int(line.split()[3])
-        assert new_soft == min(hard, 10_000 + 64), line
+        assert new_soft == min(hard, 3 * 10_000 + 64), line  # room for 10,000 uploads
     finally:
         proc.terminate()
         proc.communicate(timeout=DEADLINE_S)
@@ -304,3 +304,101 @@ def test_a_reader_above_min_rate_is_not_cut_off(tmp_path: Path) -> None:
             sock.close()
     assert took == float("inf"), (took, got)
     assert got > 6 * stall * rate
+
+
+def head_status(sock: socket.socket) -> bytes:
+    """Read one response head (not its body) and return its status line."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(256)
+        if not chunk:
+            raise ConnectionError(f"closed before a full head: {buf!r}")
+        buf += chunk
+    return buf.split(b"\r\n", 1)[0]
+
+
+def hold_uploads(port: int, root: Path, n: int) -> list[socket.socket]:
+    """``n`` PUTs that send their head and a little body, then wait: each holds its temp file."""
+    socks = []
+    for i in range(n):
+        sock = connect(port)
+        sock.sendall(
+            f"PUT /up{i}.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n".encode()
+            + b"x" * 1000
+        )
+        socks.append(sock)
+    return socks
+
+
+def serve_with_nofile(root: Path, soft: int, hard: int, *args: str) -> subprocess.Popen[str]:
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return spawn_cli("-p", "0", "-d", str(root), "-q", *args, preexec_fn=limit)
+
+
+def temps(root: Path) -> int:
+    return len(list(root.glob(".evloop-upload-*")))
+
+
+def test_slow_uploads_leave_descriptors_for_every_get(tmp_path: Path) -> None:
+    # History: the open-file limit was sized at one descriptor per connection, but an upload
+    # holds three: slow uploads on a third of --max-connections made every uncached GET a 503.
+    with open(tmp_path / "big.bin", "wb") as f:
+        f.truncate(BIG)
+    conns = 90
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard >= 3 * conns + 64
+    proc = serve_with_nofile(tmp_path, 64, hard, "--max-connections", str(conns))
+    socks: list[socket.socket] = []
+    try:
+        port = read_serving_port(proc)
+        socks += hold_uploads(port, tmp_path, conns // 3)
+        assert wait_until(lambda: temps(tmp_path) == conns // 3), temps(tmp_path)
+        statuses = []
+        for _ in range(conns - conns // 3 - 1):
+            sock = connect(port)
+            socks.append(sock)
+            sock.sendall(get("/big.bin"))  # never read: the response holds the file open
+            statuses.append(head_status(sock))
+        assert statuses == [b"HTTP/1.1 200 OK"] * len(statuses)
+        assert temps(tmp_path) == conns // 3  # and no upload was dropped for them
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        proc.communicate(timeout=DEADLINE_S)
+
+
+def test_uploads_past_a_short_descriptor_budget_get_503_and_gets_do_not(tmp_path: Path) -> None:
+    # A hard limit too low for every connection to upload: uploads are capped (16 here, what
+    # 200 descriptors leave after two per connection and the reserve), GETs are not.
+    with open(tmp_path / "big.bin", "wb") as f:
+        f.truncate(BIG)
+    conns = 60
+    proc = serve_with_nofile(tmp_path, 200, 200, "--max-connections", str(conns))
+    socks: list[socket.socket] = []
+    try:
+        port = read_serving_port(proc)
+        socks += hold_uploads(port, tmp_path, 16)
+        assert wait_until(lambda: temps(tmp_path) == 16), temps(tmp_path)
+        with Client(port, recv_size=4096) as extra:
+            extra.send(b"PUT /one-more.bin HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n")
+            reply = extra.read_response()
+            assert reply.status == 503
+            assert reply.header("Retry-After") == "1"
+            assert extra.closed_by_peer()
+        assert temps(tmp_path) == 16
+        statuses = []
+        for _ in range(conns - 16):
+            sock = connect(port)
+            socks.append(sock)
+            sock.sendall(get("/big.bin"))
+            statuses.append(head_status(sock))
+        assert statuses == [b"HTTP/1.1 200 OK"] * len(statuses)
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    assert "carries 60 connections and 16 uploads at a time" in err

@@ -270,9 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
     budget = raise_nofile_limit(config.max_connections)
-    config = dataclasses.replace(
-        config, max_connections=budget.max_connections, max_uploads=budget.max_uploads
-    )
+    config = dataclasses.replace(config, max_uploads=budget.max_uploads)
     stale = remove_stale_temps(str(config.root))
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)

@@ -12,10 +12,13 @@ At start the soft ``RLIMIT_NOFILE`` is raised to ``3 * max_connections + FD_RESE
 hard limit allows: then every connection may be an upload and no open can fail for lack of
 descriptors. When the hard limit is lower, uploads are what gets capped, not GETs: each
 connection keeps its two, and concurrent uploads get what is left (a PUT beyond the cap is
-answered ``503`` with ``Retry-After``; see ``Connection``). If that leaves fewer than
-``UPLOAD_FLOOR`` uploads (or an eighth of the connections, if more), the connection cap is
-lowered to make room for them. Either way a
-warning says what the limit allows and what to raise.
+answered ``503`` with ``Retry-After``; see ``Connection``), but never fewer than
+``UPLOAD_FLOOR`` (or an eighth of the connections, if more). ``--max-connections`` is the
+operator's choice and is not lowered: where the limit does not even cover two per connection
+and the floor, opens near the connection cap may fail, and the server falls back on what it
+does at EMFILE (pause accepting, ``503`` with ``Retry-After``). A warning at start says so and
+what limit would lift the caps. Many systems start processes with a soft limit of 1024 and a far
+higher hard limit, so usually raising the soft limit is all it takes.
 
 Sized only by descriptor count at one per connection, a third of the connections uploading
 slowly used up the whole limit, and every uncached GET answered 503.
@@ -30,16 +33,16 @@ from dataclasses import dataclass
 FDS_PER_CONNECTION = 2  # a GET: the socket and the file being sent
 FDS_PER_UPLOAD = 3  # a PUT: the socket, the temp file, the folder's descriptor
 FD_RESERVE = 64  # fixed descriptors (~10) plus those opened and closed within one step (<= 3)
-UPLOAD_FLOOR = 16  # uploads kept, at least, before connections give way (or an eighth of them)
+UPLOAD_FLOOR = 16  # the upload cap is never lower (nor below an eighth of the connections)
 
 
 @dataclass(frozen=True, slots=True)
 class Budget:
     """What an open-file limit carries. ``max_uploads`` None: no cap beyond the connections."""
 
-    max_connections: int
     max_uploads: int | None
     wanted: int  # the limit at which every connection could be an upload
+    covered: bool  # whether the limit covers every connection's GET and the upload cap
 
 
 def needed(max_connections: int) -> int:
@@ -51,13 +54,12 @@ def plan(max_connections: int, limit: int | None) -> Budget:
     """Split ``limit`` descriptors (None: unlimited) between connections and uploads."""
     wanted = needed(max_connections)
     if limit is None or limit >= wanted:
-        return Budget(max_connections, None, wanted)
+        return Budget(None, wanted, True)
     spare = FDS_PER_UPLOAD - FDS_PER_CONNECTION  # what an upload holds beyond a GET
     floor = min(max_connections, max(UPLOAD_FLOOR, max_connections // 8))
-    conns = min(max_connections, (limit - FD_RESERVE - floor * spare) // FDS_PER_CONNECTION)
-    conns = max(1, conns)
-    uploads = max(1, (limit - FD_RESERVE - conns * FDS_PER_CONNECTION) // spare)
-    return Budget(conns, min(uploads, conns), wanted)
+    left = (limit - FD_RESERVE - max_connections * FDS_PER_CONNECTION) // spare
+    uploads = min(max_connections, max(floor, left))
+    return Budget(uploads, wanted, left >= floor)
 
 
 def raise_nofile_limit(max_connections: int) -> Budget:
@@ -75,10 +77,14 @@ def raise_nofile_limit(max_connections: int) -> Budget:
             print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
     budget = plan(max_connections, None if soft == resource.RLIM_INFINITY else soft)
     if budget.max_uploads is not None:
+        short = (
+            ""
+            if budget.covered
+            else f"; near {max_connections} connections, opening files may fail (503)"
+        )
         print(
-            f"warning: the open-file limit ({soft}) carries {budget.max_connections} connections"
-            f" and {budget.max_uploads} uploads at a time; {budget.wanted} would let all"
-            f" {max_connections} connections upload (raise it with ulimit -n)",
+            f"warning: with {soft} open files, at most {budget.max_uploads} uploads at a time"
+            f"{short}; {budget.wanted} would lift this (ulimit -Hn), or lower --max-connections",
             file=sys.stderr,
         )
     return budget

@@ -17,26 +17,26 @@ S = ConnState
 
 def test_a_limit_that_covers_an_upload_per_connection_caps_nothing() -> None:
     budget = plan(1000, 3 * 1000 + FD_RESERVE)
-    assert (budget.max_connections, budget.max_uploads) == (1000, None)
+    assert budget.max_uploads is None and budget.covered
     assert plan(1000, None).max_uploads is None
 
 
 @pytest.mark.parametrize(
-    ("conns", "limit"), [(60, 200), (10_000, 20_000), (10_000, 4096), (10, 70), (1, 1)]
+    ("conns", "limit"), [(60, 200), (10_000, 30_000), (10_000, 20_000), (10, 70), (1, 1)]
 )
-def test_a_short_limit_is_never_overspent(conns: int, limit: int) -> None:
+def test_a_short_limit_caps_uploads_and_says_whether_it_covers_them(conns: int, limit: int) -> None:
     budget = plan(conns, limit)
-    assert budget.max_uploads is not None and budget.max_uploads >= 1
-    assert budget.max_uploads <= budget.max_connections <= conns
-    worst = 2 * budget.max_connections + budget.max_uploads + FD_RESERVE
-    assert worst <= limit or budget.max_connections == 1
+    assert budget.max_uploads is not None
+    assert min(conns, 16, max(16, conns // 8)) <= budget.max_uploads <= conns
+    worst = 2 * conns + budget.max_uploads + FD_RESERVE
+    assert budget.covered == (worst <= limit)
 
 
-def test_connections_give_way_only_to_keep_an_eighth_uploading() -> None:
-    small = plan(60, 200)  # 16 uploads fit beside 60 GETs: nothing gives way
-    assert (small.max_connections, small.max_uploads) == (60, 16)
-    big = plan(10_000, 20_000)  # 1,250 uploads do not: 657 connections make room for them
-    assert (big.max_connections, big.max_uploads) == (9343, 1250)
+def test_uploads_get_what_is_left_but_never_less_than_an_eighth() -> None:
+    assert plan(60, 200).max_uploads == 16  # 200 - 64 - 2 x 60
+    assert plan(10_000, 30_000).max_uploads == 30_000 - 64 - 20_000
+    short = plan(10_000, 20_000)
+    assert (short.max_uploads, short.covered) == (1250, False)
 
 
 def put(path: str, body: bytes) -> bytes:

@@ -376,7 +376,9 @@ class Connection:
         self.request = req
         cache = ctx.cache
         key = cache.key(req)
-        plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        plan: Response | Upload | None = (
+            None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        )
         if plan is None:
             plan = ctx.handler.begin(req, ctx.date.second)
             if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:

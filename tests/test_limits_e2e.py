@@ -282,7 +282,7 @@ def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Pat
         finally:
             sock.close()
     print(f"closed after {took:.2f} s, {got} bytes read; expected about {expected:.2f} s")
-    assert expected * 0.8 < took < expected * 1.6, (took, got, expected)
+    assert expected * 0.8 < took < expected * 2, (took, got, expected)  # before: about 50 s
     assert got < BIG
 
 

@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A request path reaches the filesystem only through :func:`resolve`, which enforces these, in
-this order:
+A request path reaches the filesystem only through :func:`decode_segments`,
+:func:`check_hidden` and :func:`locate`, which enforce these, in this order:
 
 1. The path is percent-decoded exactly once. A decoded NUL, an invalid UTF-8 sequence (which
    includes every overlong encoding), or a control character is a 400: no file has such a
@@ -15,16 +15,24 @@ this order:
    file with such a name is a trap for any proxy or script that decodes once more.
 3. A segment starting with ``.`` (``.git``, ``.env``, our own upload temp files) is hidden with a
    404 unless ``--dotfiles``; upload temp files stay hidden even then.
-4. The joined path is resolved with ``realpath``. If the result is not inside the (real) root,
-   because a symlink points out, it is a 404 unless ``--follow-symlinks``. The file is then
-   opened from that resolved path with ``O_NOFOLLOW``, so swapping the last component for a
-   symlink after the check does not help an attacker; and (on Linux, through ``/proc``) the
-   file the kernel opened must be inside the root too, so swapping a folder on the way does
-   not either.
+4. The joined path is opened once with ``O_PATH`` (:func:`locate`): the kernel resolves it, in
+   one system call whatever the number of segments (``PATH_MAX`` bounds it), and opens
+   nothing for reading, so a device has no side effect. Where the descriptor really is
+   (``/proc/self/fd``) must be inside the (real) root, or it is a 404 unless
+   ``--follow-symlinks``. Everything after works on that descriptor, never on the path again:
+   a file is reopened for reading through ``/proc/self/fd`` (:func:`open_regular`), a folder
+   is listed through a descriptor of itself (:func:`open_listable`), a DELETE or PUT acts
+   with ``dir_fd`` of the folder it checked. A folder swapped for a symlink at any moment
+   therefore changes nothing: what is used is what was checked. Every ``OSError`` on the way
+   is mapped to its status (:func:`os_error_to_http`): a name that vanishes mid-lookup is a
+   404, not a 500.
 
-Only regular files are served: the file is opened with ``O_NONBLOCK`` and checked with
-``fstat``, so a FIFO or device cannot stall the loop. A precompressed sidecar (``foo.js.br``
-beside ``foo.js``) is found by :func:`sidecar` under the same rules as the file itself.
+Only regular files are served: the ``O_PATH`` descriptor is checked with ``fstat`` before the
+file is opened (``O_NONBLOCK``) to be read, so a FIFO or device cannot stall the loop. Without
+``O_PATH`` and ``/proc`` (not Linux), the path is resolved with ``realpath`` and opened again
+with ``O_NOFOLLOW``: correct, but neither race-free nor bounded in cost. A precompressed
+sidecar (``foo.js.br`` beside ``foo.js``) is found by :func:`sidecar` under the same rules as
+the file itself.
 """
 
 from __future__ import annotations

@@ -54,6 +54,10 @@ UPLOAD_SUFFIX = ".tmp"
 _NOT_FOUND = "no such file"
 _DOUBLE_ENCODED = re.compile(r"%(?:2e|2f|5c|00)", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Anything _check_text refuses, in one search: a listing asks this of every name it reads.
+_REFUSED = re.compile(
+    f"{_CONTROL.pattern}|\\\\|{_DOUBLE_ENCODED.pattern}|^\\.\\.?$|/", re.IGNORECASE
+)
 _PROC_FD = "/proc/self/fd/"
 # Linux: a name is opened with O_PATH (no read, no permission beyond the path walk, no side
 # effect even for a device), checked through /proc/self/fd, and reopened through that same
@@ -107,13 +111,13 @@ def servable_name(name: str, dotfiles: bool) -> bool:
     """Whether a GET of this one name (as a listing links it, percent-encoded) would be let
     through by the path rules: the same checks as :func:`decode_segments` and
     :func:`check_hidden`, so a listing never shows a name that a GET refuses."""
-    if name in (".", "..") or "/" in name or "\x00" in name:
+    if name.startswith(".") and (not dotfiles or is_upload_temp(name)):
+        return False
+    if _REFUSED.search(name):
         return False
     try:
         name.encode("utf-8")  # os.scandir keeps undecodable bytes as surrogates
-        _check_text(name)
-        check_hidden((name,), dotfiles)
-    except (UnicodeEncodeError, HttpError):
+    except UnicodeEncodeError:
         return False
     return True
 

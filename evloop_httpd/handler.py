@@ -276,19 +276,25 @@ class Handler:
         self, folder: Found, url_path: str, is_json: bool, now: float
     ) -> listing.Page:
         cfg = self.config
-        list_fd = open_listable(folder)
-        try:
-            entries, truncated = listing.scan(
-                list_fd,
-                folder.real,
-                self.root_real,
-                dotfiles=cfg.dotfiles,
-                follow_symlinks=cfg.follow_symlinks,
-            )
-        except OSError as exc:
-            raise os_error_to_http(exc) from None
-        finally:
-            os.close(list_fd)
+        key = listing.folder_key(folder.st)
+        scanned = self.listings.get_scan(key, now)
+        if scanned is None:
+            list_fd = open_listable(folder)
+            try:
+                entries, truncated = listing.scan(
+                    list_fd,
+                    folder.real,
+                    self.root_real,
+                    dotfiles=cfg.dotfiles,
+                    follow_symlinks=cfg.follow_symlinks,
+                )
+            except OSError as exc:
+                raise os_error_to_http(exc) from None
+            finally:
+                os.close(list_fd)
+            scanned = listing.Scan(entries, truncated, now)
+            self.listings.put_scan(key, scanned)
+        entries, truncated = scanned.entries, scanned.truncated
         if is_json:
             ctype, body = listing.JSON_TYPE, listing.render_json(url_path, entries, truncated)
         else:
@@ -297,7 +303,7 @@ class Handler:
         # (the two formats differ, so they never share one) and lets browsers revalidate. It
         # is computed once per build: a cached page carries it.
         etag = b'"l-%s"' % hashlib.blake2b(body, digest_size=12).hexdigest().encode("ascii")
-        return listing.Page(ctype, body, etag, now)
+        return listing.Page(ctype, body, etag, scanned.built)
 
     def _redirect_to_dir(
         self, segments: tuple[str, ...], query: bytes | None, head_only: bool

@@ -42,6 +42,7 @@ MAX_SCANNED = 1_000
 MAX_AGE_S = 1.0  # how stale a cached listing may be about a file's size or date
 MAX_CACHED = 64  # pages
 MAX_CACHED_BYTES = 8 * 1024 * 1024
+MAX_CACHED_SCANS = 16  # a scan of MAX_SCANNED entries holds about 0.3 MiB
 
 JSON_TYPE = b"application/json"
 HTML_TYPE = b"text/html; charset=utf-8"
@@ -151,7 +152,8 @@ def render_json(url_path: str, entries: list[Entry], truncated: bool) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """A rendered listing: its Content-Type, bytes, ETag, and when it was built (monotonic)."""
+    """A rendered listing: its Content-Type, bytes, ETag, and when the scan it shows was made
+    (monotonic seconds)."""
 
     ctype: bytes
     body: bytes
@@ -159,21 +161,39 @@ class Page:
     built: float
 
 
-# (st_dev, st_ino, st_mtime_ns, st_ctime_ns, is_json, url_path)
-PageKey = tuple[int, int, int, int, bool, str]
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """The result of :func:`scan`, and when it was made (monotonic seconds)."""
+
+    entries: list[Entry]
+    truncated: bool
+    built: float
+
+
+# (st_dev, st_ino, st_mtime_ns, st_ctime_ns): a folder as it is now
+FolderKey = tuple[int, int, int, int]
+# the folder, then is_json and the URL path
+PageKey = tuple[FolderKey, bool, str]
+
+
+def folder_key(st: os.stat_result) -> FolderKey:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def page_key(st: os.stat_result, is_json: bool, url_path: str) -> PageKey:
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, is_json, url_path)
+    return (folder_key(st), is_json, url_path)
 
 
 class ListingCache:
-    """Rendered listings, bounded in pages and bytes, least recently used dropped first."""
+    """Rendered pages, and the scans they were made from (so the HTML and the JSON form of a
+    folder share one scan), each bounded in count, pages also in bytes; least recently used
+    dropped first. Nothing is older than ``MAX_AGE_S``: a page expires with its scan."""
 
-    __slots__ = ("_pages", "_total")
+    __slots__ = ("_pages", "_scans", "_total")
 
     def __init__(self) -> None:
         self._pages: OrderedDict[PageKey, Page] = OrderedDict()
+        self._scans: OrderedDict[FolderKey, Scan] = OrderedDict()
         self._total = 0
 
     def get(self, key: PageKey, now: float) -> Page | None:
@@ -192,6 +212,22 @@ class ListingCache:
         self._total += len(page.body)
         while len(self._pages) > MAX_CACHED or self._total > MAX_CACHED_BYTES:
             self._drop(next(iter(self._pages)))
+
+    def get_scan(self, key: FolderKey, now: float) -> Scan | None:
+        found = self._scans.get(key)
+        if found is None:
+            return None
+        if now - found.built > MAX_AGE_S:
+            del self._scans[key]
+            return None
+        self._scans.move_to_end(key)
+        return found
+
+    def put_scan(self, key: FolderKey, found: Scan) -> None:
+        self._scans.pop(key, None)
+        self._scans[key] = found
+        while len(self._scans) > MAX_CACHED_SCANS:
+            del self._scans[next(iter(self._scans))]
 
     def _drop(self, key: PageKey) -> None:
         page = self._pages.pop(key, None)

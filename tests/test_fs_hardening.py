@@ -15,12 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evloop_httpd import listing
 from evloop_httpd.config import Config, Limits
 from evloop_httpd.errors import HttpError
+from evloop_httpd.files import check_hidden, decode_segments, servable_name
 from evloop_httpd.handler import Handler
 from evloop_httpd.parser import parse_head
 from evloop_httpd.responses import Response
@@ -214,7 +218,7 @@ def test_listing_repeats_heads_and_304s_do_not_rescan(
     # The JSON form is its own page.
     doc = json.loads(ask(handler, head_of("GET", "/sub/", "Accept: application/json\r\n")).body)
     assert "new.txt" in [e["name"] for e in doc["entries"]]
-    assert calls == ["scandir"] * 3
+    assert calls == ["scandir"] * 2  # the JSON page is rendered from the same scan
 
 
 def test_listing_cache_entries_expire_and_are_bounded() -> None:
@@ -266,6 +270,36 @@ def test_listing_shows_only_names_a_get_serves(tmp_path: Path) -> None:
     for href in re.findall(r'href="([^"]+)"', page):
         if href != "../":
             assert status_of(handler, head_of("GET", "/d/" + href)) == 200, href
+
+
+def get_lets_through(name: str, dotfiles: bool) -> bool:
+    try:
+        segments, _ = decode_segments(b"/" + quote(name, safe="").encode("ascii"))
+        check_hidden(segments, dotfiles)
+    except HttpError:
+        return False
+    return segments == (name,)
+
+
+NAME_ALPHABET = st.sampled_from([*"a.%25ef/\\\x00\x01\x7fé", "\udcff", "%2e", "%2F"])
+
+
+@given(st.lists(NAME_ALPHABET, min_size=1, max_size=8).map("".join), st.booleans())
+def test_servable_name_agrees_with_what_a_get_lets_through(name: str, dotfiles: bool) -> None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        assert not servable_name(name, dotfiles)  # no link can name it
+        return
+    assert servable_name(name, dotfiles) == get_lets_through(name, dotfiles), name
+
+
+@pytest.mark.parametrize(
+    "name", [".", "..", "...", ".env", "%2e%2e", "%252e", "a%2Fb", "a\\b", "x\x1fy", "ok.txt"]
+)
+def test_servable_name_examples(name: str) -> None:
+    for dotfiles in (False, True):
+        assert servable_name(name, dotfiles) == get_lets_through(name, dotfiles), name
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ def _cheap_hash(password: str) -> str:
 
 
 def test_every_log_escapes_controls_and_defuses_formulas(tmp_path: Path) -> None:
+    # History: a method such as "-X" went into the CSV as is, where a spreadsheet reads a formula.
     root = tmp_path / "www"
     root.mkdir()
     accounts = tmp_path / "acc"
@@ -92,6 +93,8 @@ def test_every_log_escapes_controls_and_defuses_formulas(tmp_path: Path) -> None
 
 
 def test_listing_and_redirect_escape_hostile_names(tmp_path: Path) -> None:
+    # History: a bidi override (U+202E) in a name reached the HTML and JSON listings raw, so a
+    # name could display as another one.
     root = tmp_path / "www"
     root.mkdir()
     folder = root / NASTY

@@ -310,6 +310,16 @@ class Connection:
             self._fail(
                 HttpError(HTTPStatus.REQUEST_TIMEOUT, "request body stalled", close=True), now
             )
+        elif self.state is S.AUTHENTICATING:
+            self._fail(
+                HttpError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "the password check took too long",
+                    close=True,
+                    headers=((b"Retry-After", b"1"),),
+                ),
+                now,
+            )
         else:
             self._fire(I.TIMEOUT)
 

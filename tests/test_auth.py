@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -338,3 +339,76 @@ def test_loopback_keeps_anonymous_writes(tmp_path: Path) -> None:
     port = read_serving_port(proc)
     assert request(port, put("/new.txt", b"x")).status == 201
     assert "Writes are off" not in _stop(proc)
+
+
+# The loop never waits for the verifier: a stand-in verifier that answers only when told.
+
+
+class HeldVerifier:
+    """Plays the verifier process: the test reads each request and decides when to answer."""
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+
+    def spawn(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        server_end, self.sock = socket.socketpair()
+        server_end.setblocking(False)
+        self.sock.settimeout(DEADLINE_S)
+        return subprocess.Popen([sys.executable, "-c", ""]), server_end
+
+    def next_request(self) -> tuple[int, bytes]:
+        assert self.sock is not None
+        (length,) = hasher.LENGTH.unpack(self._read(hasher.LENGTH.size))
+        payload = self._read(length)
+        ticket, hash_len = hasher.REQUEST_HEAD.unpack_from(payload)
+        return ticket, payload[hasher.REQUEST_HEAD.size + hash_len :]
+
+    def answer(self, ticket: int, ok: bool) -> None:
+        assert self.sock is not None
+        self.sock.sendall(hasher.ANSWER.pack(ticket, int(ok)))
+
+    def _read(self, n: int) -> bytes:
+        assert self.sock is not None
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            assert chunk, "the server closed the verifier pair"
+            data += chunk
+        return data
+
+
+def test_the_loop_serves_others_while_a_check_waits(
+    accounts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = HeldVerifier()
+    monkeypatch.setattr(auth, "spawn_verifier", held.spawn)
+    root = accounts.parent
+    (root / "r.txt").write_bytes(b"read me")
+    with running(root, auth_file=accounts, timeouts={"head_s": 1.0}) as srv:
+        with Client(srv.port) as waiting:
+            waiting.send(put("/w.txt", b"w", basic(USER, PASSWORD)))
+            ticket, password = held.next_request()
+            assert password == PASSWORD.encode()
+            for _ in range(3):  # the verdict is outstanding; everyone else is served
+                assert request(srv.port, get("/r.txt")).body == b"read me"
+            assert not (root / "w.txt").exists()
+            held.answer(ticket, True)
+            assert waiting.read_response().status == 201
+        assert (root / "w.txt").read_bytes() == b"w"
+        # A client that leaves while it waits, and one whose wait outlasts the head timeout:
+        # their verdicts come late and go nowhere.
+        gone = Client(srv.port)
+        gone.send(put("/g.txt", b"g", basic(USER, "wrong")))
+        late_gone, _ = held.next_request()
+        gone.close()
+        with Client(srv.port) as slow:
+            slow.send(put("/s.txt", b"s", basic("bob", "b")))
+            late_slow, _ = held.next_request()
+            reply = slow.read_response()  # the head timeout ends the wait
+            assert reply.status == 503 and reply.header("Retry-After") == "1"
+            assert slow.closed_by_peer()
+        held.answer(late_gone, False)
+        held.answer(late_slow, True)
+        assert request(srv.port, get("/r.txt")).body == b"read me"
+        assert not (root / "g.txt").exists() and not (root / "s.txt").exists()
+    assert "bug" not in srv.stderr.getvalue()

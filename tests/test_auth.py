@@ -412,3 +412,10 @@ def test_the_loop_serves_others_while_a_check_waits(
         assert request(srv.port, get("/r.txt")).body == b"read me"
         assert not (root / "g.txt").exists() and not (root / "s.txt").exists()
     assert "bug" not in srv.stderr.getvalue()
+
+
+def test_which_bind_addresses_count_as_loopback() -> None:
+    assert auth.is_loopback("127.0.0.1") and auth.is_loopback("::1")
+    assert auth.is_loopback("127.0.0.5") and auth.is_loopback("localhost")
+    assert not auth.is_loopback("0.0.0.0") and not auth.is_loopback("::")
+    assert not auth.is_loopback("192.0.2.1")

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .auth import AccountFileError, is_loopback, load_accounts
 from .config import KIB, Config, Limits, Timeouts
 from .descriptors import raise_nofile_limit
 from .reactor import Server
@@ -194,6 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never serve foo.br / foo.gz sidecars in place of foo",
     )
+    a = p.add_argument_group("accounts (see README: Sharing on a network)")
+    a.add_argument(
+        "--auth-file",
+        type=Path,
+        help="accounts, one 'name:hash' per line (python -m evloop_httpd hash-password)",
+    )
+    a.add_argument(
+        "--auth-scope",
+        choices=("write", "all"),
+        default="write",
+        help="which requests need an account: writes (default) or all",
+    )
+    a.add_argument("--auth-realm", default="evloop_httpd", help="the realm shown at login")
+    a.add_argument(
+        "--allow-anonymous-writes",
+        action="store_true",
+        help="beyond loopback and without --auth-file, still let anyone PUT and DELETE",
+    )
     o_h = p.add_argument_group("responses")
     o_h.add_argument(
         "-H",
@@ -227,6 +246,13 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         max_header_count=args.max_headers,
         max_upload_bytes=args.max_upload,
     )
+    if args.auth_file is not None:
+        try:
+            load_accounts(args.auth_file)
+        except AccountFileError as exc:
+            parser.error(str(exc))
+    if not args.auth_realm.isprintable():
+        parser.error("--auth-realm must be printable")
     timeouts = Timeouts(
         head_s=args.head_timeout,
         idle_s=args.idle_timeout,
@@ -255,6 +281,11 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         allow_delete=args.allow_delete,
         precompressed=not args.no_precompressed,
         extra_headers=tuple(args.headers),
+        auth_file=args.auth_file,
+        auth_scope=args.auth_scope,
+        auth_realm=args.auth_realm,
+        public=not is_loopback(args.bind),
+        allow_anonymous_writes=args.allow_anonymous_writes,
     )
 
 
@@ -263,7 +294,40 @@ def url_for(address: tuple) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+def safety_notes(config: Config) -> tuple[list[str], list[str]]:
+    """What the start-up banner adds beyond loopback: (banner lines, warnings)."""
+    banner: list[str] = []
+    warnings: list[str] = []
+    if not config.public:
+        return banner, warnings
+    if config.auth_file is not None:
+        warnings.append(
+            "warning: Basic credentials cross the network in cleartext here; serve over TLS "
+            "(HTTPS) so that passwords cannot be read on the way"
+        )
+        banner.append(
+            f"Accounts from {config.auth_file} are needed for writes"
+            if config.auth_scope == "write"
+            else f"Accounts from {config.auth_file} are needed for every request"
+        )
+    elif config.read_only:
+        pass
+    elif config.allow_anonymous_writes:
+        warnings.append("warning: anyone who can reach this address may PUT and DELETE files")
+    else:
+        banner.append(
+            "Writes are off (403): listening beyond loopback without --auth-file."
+            " Add accounts with --auth-file, or pass --allow-anonymous-writes"
+        )
+    return banner, warnings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-password"]:
+        from .hasher import hash_password_main
+
+        return hash_password_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from(args, parser)
@@ -280,7 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
+    banner, warnings = safety_notes(config)
+    for line in warnings:
+        print(line, file=sys.stderr)
     print(f"Serving {config.root} on {url_for(address)}", flush=True)
+    for line in banner:
+        print(line, flush=True)
 
     def stop(signum: int, _frame: object) -> None:
         if server.ctx.stopping:

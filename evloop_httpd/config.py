@@ -71,3 +71,9 @@ class Config:
     allow_delete: bool = False
     precompressed: bool = True
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    # Accounts and the safe defaults beyond loopback (see auth.py).
+    auth_file: Path | None = None
+    auth_scope: str = "write"  # "write": methods other than GET/HEAD/OPTIONS; "all"
+    auth_realm: str = "evloop_httpd"
+    public: bool = False  # bound to a non-loopback address: anonymous writes off by default
+    allow_anonymous_writes: bool = False

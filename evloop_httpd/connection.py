@@ -42,6 +42,7 @@ import os
 from http import HTTPStatus
 from typing import Protocol
 
+from .auth import PENDING, Gate
 from .body import ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
@@ -92,6 +93,7 @@ class Context:
         "cache",
         "config",
         "date",
+        "gate",
         "handler",
         "observer",
         "stopping",
@@ -111,12 +113,15 @@ class Context:
         self.date = DateCache()
         self.stopping = False
         self.trace = config.trace
+        gate = Gate(config)
+        self.gate = gate if gate.active else None
 
 
 class Connection:
     """The HTTP side of one TCP connection. See the module docstring for the protocol."""
 
     __slots__ = (
+        "auth_ticket",
         "body",
         "ctx",
         "deadline",
@@ -143,6 +148,7 @@ class Connection:
         "status",
         "trailer",
         "upload",
+        "user",
         # The reactor's bookkeeping, kept here to save an object per connection. Nothing in
         # this module reads them.
         "events",
@@ -177,6 +183,8 @@ class Connection:
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
         self.upload: Upload | None = None
+        self.user: str | None = None  # the account the current request acts as
+        self.auth_ticket = 0  # the password check this connection waits for (0: none)
         self.keep_alive = False
         self.status = 0
         self.sent = 0  # bytes of the current response on the wire
@@ -329,6 +337,16 @@ class Connection:
             self._fail(
                 HttpError(HTTPStatus.REQUEST_TIMEOUT, "request body stalled", close=True), now
             )
+        elif self.state is S.AUTHENTICATING:
+            self._fail(
+                HttpError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "the password check took too long",
+                    close=True,
+                    headers=((b"Retry-After", b"1"),),
+                ),
+                now,
+            )
         else:
             self._fire(I.TIMEOUT)
 
@@ -374,6 +392,41 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
+        gate = ctx.gate
+        if gate is not None:  # before the cache: a cached answer is no less protected
+            user = gate.admit(self, req, self.peer[0], now)
+            if user is PENDING:
+                self._fire(I.CHECK_PASSWORD)
+                self.deadline = now + ctx.config.timeouts.head_s
+                return
+            self.user = user  # type: ignore[assignment]
+        self._begin(req, now)
+
+    def auth_done(self, outcome: str | HttpError, now: float) -> bool:
+        """The password check this connection waited for is over: ``outcome`` is the user, or
+        the refusal to send. False if the connection no longer waits (it timed out, closed)."""
+        if self.state is not S.AUTHENTICATING or self.request is None:
+            return False
+        try:
+            if isinstance(outcome, HttpError):
+                raise outcome
+            self.user = outcome
+            self._begin(self.request, now)
+            if self.state is S.READING_BODY:
+                self._maybe_read_body(now)
+        except HttpError as exc:
+            self._fail(exc, now)
+        except Exception as exc:
+            self.ctx.observer.bug(self, exc)
+            self._fail(
+                HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", close=True), now
+            )
+        return True
+
+    def _begin(self, req: Request, now: float) -> None:
+        """Answer a parsed (and admitted) request, or start reading its body."""
+        ctx = self.ctx
+        inbuf = self.inbuf
         cache = ctx.cache
         key = cache.key(req)
         plan: Response | Upload | None = (
@@ -477,6 +530,7 @@ class Connection:
         self.ctx.observer.request_done(self)
         req = self.request
         self.request = None
+        self.user = None
         self.status = 0
         timeouts = self.ctx.config.timeouts
         if self.keep_alive and not self.ctx.stopping:

@@ -104,14 +104,22 @@ def _when(mtime: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str | None:
     return None if mtime is None else time.strftime(fmt, time.gmtime(mtime))
 
 
+def _shown(text: str) -> str:
+    # HTML-escaped, and a bidi override or another invisible format character is shown as
+    # \uXXXX: otherwise a name could display as a different one ("gpj.exe" as "exe.jpg").
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
+    return html.escape(text)
+
+
 def render_html(url_path: str, entries: list[Entry], truncated: bool) -> bytes:
     """An HTML page listing ``entries`` of the folder at (decoded) ``url_path``."""
-    title = html.escape(f"Index of {url_path}")
+    title = _shown(f"Index of {url_path}")
     rows = []
     if url_path != "/":
         rows.append('<tr><td><a href="../">../</a></td><td></td><td></td></tr>')
     for e in entries:
-        shown = html.escape(e.name + ("/" if e.is_dir else ""))
+        shown = _shown(e.name + ("/" if e.is_dir else ""))
         size = "-" if e.is_dir else str(e.size)
         rows.append(
             f'<tr><td><a href="{html.escape(_href(e))}">{shown}</a></td>'
@@ -147,7 +155,9 @@ def render_json(url_path: str, entries: list[Entry], truncated: bool) -> bytes:
         ],
         "truncated": truncated,
     }
-    return (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8")
+    # ASCII only: the same data for any JSON reader, and a terminal showing it raw (curl) gets
+    # no bidi override or other control character from a file name.
+    return (json.dumps(doc) + "\n").encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import time
 import traceback
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import unquote_to_bytes
 
 from .config import Config
 from .connection import Connection
@@ -32,6 +33,10 @@ _CSV_HEADER = [
     "url",
     "status",
     "bytes_sent",
+    # Added later, so at the end: readers that count columns keep working.
+    "time",
+    "user",
+    "path",
 ]
 _INTEREST_NAMES = {0: "none", 1: "read", 2: "write", 3: "read|write"}
 
@@ -39,6 +44,43 @@ _INTEREST_NAMES = {0: "none", 1: "read", 2: "write", 3: "read|write"}
 def _printable(raw: bytes) -> str:
     # Log lines must not let a client forge lines or terminal escapes.
     return raw.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def escape_text(text: str, also: str = "") -> str:
+    """``text`` with every character that is not printable (C0 and C1 controls, DEL, bidi and
+    other format characters such as U+202E, line and paragraph separators), the backslash and
+    those in ``also`` written as ``\\xNN``/``\\uNNNN``: one log line stays one line, shows
+    what was sent, and cannot reorder or recolour what a terminal displays."""
+    if text.isprintable() and "\\" not in text and not any(c in text for c in also):
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() and c != "\\" and c not in also:
+            out.append(c)
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one that a spreadsheet would read as a formula
+    (leading ``=``, ``+``, ``-``, ``@``, tab or CR) gets a ``'`` in front (OWASP's advice)."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def decoded_path(raw_path: bytes) -> str:
+    """The request's path, percent-decoded as UTF-8 (invalid bytes as ``\\xNN``), escaped."""
+    text = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+    return escape_text(text)
 
 
 class _Sink:
@@ -174,21 +216,29 @@ class Logs:
             url = _printable(req.raw_target)
             line = f"{method} {url} HTTP/{req.http_version.decode('ascii')}"
         else:
-            method, url, line = "-", "-", "-"
+            method, url, line = "", "", "-"
+        # The user name is the client's own bytes too (it could be any name, before a check).
+        user = conn.user
         if self._access is not None:
             stamp = self._stamp("%d/%b/%Y:%H:%M:%S +0000")
-            self._access.add(f'{conn.peer[0]} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
+            who = "-" if user is None else escape_text(user, also=' "')
+            self._access.add(
+                f'{conn.peer[0]} - {who} [{stamp}] "{line}" {conn.status} {conn.sent}\n'
+            )
         if self._csv is not None:
             self._csv_writer.writerow(
                 [
-                    conn.local[0],
+                    csv_cell(conn.local[0]),
                     conn.local[1],
-                    conn.peer[0],
+                    csv_cell(conn.peer[0]),
                     conn.peer[1],
-                    method,
-                    url,
+                    csv_cell(method),
+                    csv_cell(url),
                     conn.status,
                     conn.sent,
+                    self._stamp("%Y-%m-%dT%H:%M:%SZ"),
+                    "" if user is None else csv_cell(escape_text(user)),
+                    "" if req is None else csv_cell(decoded_path(req.path)),
                 ]
             )
             self._take_csv()

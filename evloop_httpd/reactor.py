@@ -81,6 +81,7 @@ _MAX_SHARED_HOSTS = 4096
 _BODYLESS = (b"GET ", b"HEAD ")
 _LISTENER = object()
 _WAKER = object()
+_GATE = object()
 S = ConnState
 
 
@@ -137,6 +138,9 @@ class Server:
         self.sel.register(self._waker_r, selectors.EVENT_READ, _WAKER)
         # Judge responses on what clients acknowledged only where the kernel says (Linux).
         self.ctx.acks_known = _unacknowledged(self._waker_w) is not None
+        gate = self.ctx.gate
+        if gate is not None and gate.sock is not None:  # password verdicts (auth.py)
+            self.sel.register(gate.sock, selectors.EVENT_READ, _GATE)
 
     # Set-up and tear-down
 
@@ -183,6 +187,10 @@ class Server:
             self.listener = None
         self.sel.unregister(self._waker_r)
         self._waker_r.close()
+        if self.ctx.gate is not None:
+            if self.ctx.gate.sock is not None:
+                self.sel.unregister(self.ctx.gate.sock)
+            self.ctx.gate.close()
         self._waker_w.close()
         self.sel.close()
         self.logs.close()
@@ -209,6 +217,8 @@ class Server:
                         self._accept(now)
                     elif data is _WAKER:
                         self._drain_waker()
+                    elif data is _GATE:
+                        self._take_verdicts(now)
                     else:
                         self._serve(data, mask, now)
                 self._run_timers(now)
@@ -229,6 +239,17 @@ class Server:
         if not candidates:
             return None
         return max(0.0, min(candidates) - now)
+
+    def _take_verdicts(self, now: float) -> None:
+        gate = self.ctx.gate
+        assert gate is not None and gate.sock is not None
+        for conn in gate.on_readable(now):
+            if isinstance(conn, Connection) and conn.sock is not None:
+                self._step(conn, now)
+        if gate.broken:
+            self.logs.info("evloop_httpd: the password checker stopped; logins now get 503")
+            self.sel.unregister(gate.sock)
+            gate.close()
 
     def _drain_waker(self) -> None:
         try:
@@ -517,6 +538,7 @@ class Server:
             # PUT is aborted, which removes its temp file.
             if not conn.pending and conn.state in (
                 S.READING_HEADERS,
+                S.AUTHENTICATING,
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):

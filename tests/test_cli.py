@@ -71,7 +71,7 @@ def test_port_0_serves_and_sigint_stops_cleanly_with_logs(tmp_path: Path) -> Non
     rows = list(csv.reader(stats.open()))
     assert rows[0] == [
         "server_ip", "server_port", "client_ip", "client_port", "method", "url", "status",
-        "bytes_sent",
+        "bytes_sent", "time", "user", "path",
     ]  # fmt: skip
     assert rows[1][:2] == ["127.0.0.1", str(port)]
     assert rows[1][2] == "127.0.0.1"

@@ -17,6 +17,7 @@ The reactor drives a connection through five calls, each given the current time:
   earlier pipelined responses, already counted as written, see :mod:`reactor`);
 * :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
   :meth:`Connection.check_delivery` while a response is being sent);
+* :meth:`Connection.resume` at the start of a turn, when the connection is *parked*;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
@@ -31,14 +32,19 @@ connection goes to LINGERING, where it only drains what the client still sends (
 does not turn into a reset that destroys the response) and never parses again.
 
 One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a response ends,
-the next one is parsed at once, without going back to the selector. The reactor does not read
-while a response is being written, so ``inbuf`` never holds more than the head limit plus one
-``recv``: memory per connection is bounded whatever is sent or received.
+the next one is parsed at once, without going back to the selector, as long as the reactor's
+work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
+can cost a thousand times another). Past it, the connection is *parked*: it starts nothing, it
+waits to write rather than to read, and the reactor's next turn calls :meth:`resume`. The
+reactor does not read while a response is being written or while parked, so ``inbuf`` never
+holds more than the head limit plus one ``recv``: memory per connection is bounded whatever is
+sent or received.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
@@ -56,7 +62,7 @@ from .responses import (
     encode_middle,
     error_response,
 )
-from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, ConnState, Input
+from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
 
 S = ConnState
@@ -84,10 +90,23 @@ class Observer(Protocol):
     def bug(self, conn: Connection, exc: BaseException) -> None: ...
 
 
+def _always() -> bool:
+    return True
+
+
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("cache", "config", "date", "handler", "observer", "stopping", "trace")
+    __slots__ = (
+        "cache",
+        "config",
+        "date",
+        "handler",
+        "may_start",
+        "observer",
+        "stopping",
+        "trace",
+    )
 
     def __init__(self, config: Config, observer: Observer) -> None:
         self.config = config
@@ -97,6 +116,9 @@ class Context:
         self.date = DateCache()
         self.stopping = False
         self.trace = config.trace
+        # Whether this turn's work budget allows starting another pipelined request: the
+        # reactor's clock. Without a reactor (unit tests), always.
+        self.may_start: Callable[[], bool] = _always
 
 
 class Connection:
@@ -116,6 +138,7 @@ class Connection:
         "local",
         "out",
         "out_pos",
+        "parked",
         "peer",
         "phase_bytes",
         "phase_start",
@@ -179,10 +202,14 @@ class Connection:
         self.use_sendfile = ctx.config.use_sendfile
         self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
         self.peer_done = False  # the client asked to close and sent nothing more
+        self.parked = False  # whole requests wait in inbuf for the next turn (work budget)
 
     @property
     def interest(self) -> int:
-        return INTEREST[self.state]
+        # Parked: wait to write. A socket almost always is writable, so the loop comes back at
+        # once; reading more would grow inbuf past its bound, and an end of stream read now
+        # would cut off requests already whole.
+        return WRITE if self.parked else INTEREST[self.state]
 
     # The four calls the reactor makes.
 
@@ -288,11 +315,20 @@ class Connection:
             self.delivered = delivered
             self._progress(0, now)
 
+    def resume(self, now: float) -> None:
+        """A new turn: a parked connection starts its next buffered request."""
+        if self.parked and self.state is S.READING_HEADERS:
+            self._advance(now)
+
     def on_timeout(self, now: float) -> None:
         """The reactor's timer fired; act only if our deadline really has passed."""
         if self.state is S.CLOSED or now < self.deadline:
             return
-        if self.state is S.READING_HEADERS and self.inbuf:
+        if self.parked:
+            # Parked all the idle timeout long: the socket never became writable, so the client
+            # reads none of its responses. No request is half-received: close quietly.
+            self._fire(I.TIMEOUT)
+        elif self.state is S.READING_HEADERS and self.inbuf:
             self._fail(
                 HttpError(
                     HTTPStatus.REQUEST_TIMEOUT, "request head not received in time", close=True
@@ -320,6 +356,7 @@ class Connection:
 
     def _advance(self, now: float) -> None:
         """Parse and act on whatever ``inbuf`` allows; the one place errors are caught."""
+        self.parked = False
         try:
             if self.state is S.READING_HEADERS:
                 self._maybe_start_request(now)
@@ -444,7 +481,10 @@ class Connection:
             self._fire(I.RESPONSE_DONE)
             self.deadline = now + timeouts.idle_s
             if self.inbuf:
-                self._advance(now)
+                if self.ctx.may_start():
+                    self._advance(now)
+                else:
+                    self.parked = True
         else:
             # If the client itself asked for the close and nothing of it is buffered, it will
             # send nothing more; the reactor may then skip the drain (see drained()).
@@ -515,6 +555,7 @@ class Connection:
         self.body = None
         self.out = b""
         self.inbuf = bytearray()
+        self.parked = False
         if self.status:
             # A response was under way: log what the client actually got.
             try:

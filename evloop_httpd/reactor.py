@@ -20,9 +20,21 @@ serve each ready socket; fire the timers that are due; flush the logs. Serving a
    buffer are; the reactor owes them to the socket before anything else, and waits for
    writability only (whatever the state says) while it does: not for input, whose end of
    stream could close the connection before they have left. The pump stops after a fixed budget
-   of calls, so one fast client downloading a large file, or sending a deep pipeline, cannot
-   keep the loop from everyone else;
-3. *settle*: close the socket if the connection closed, otherwise call ``modify`` only if the
+   of calls, so one fast client downloading a large file cannot keep the loop from everyone
+   else;
+3. *work budget*: sends are not what a request costs. A cached GET takes microseconds, a
+   listing of a big folder or a path of thousands of segments takes milliseconds, and a
+   pipeline can hold dozens of either. So each turn of a connection has a time budget
+   (``WORK_BUDGET_S``, from the start of the turn, measured with ``perf_counter`` between
+   requests): the connection starts the next pipelined request only while it lasts
+   (``ctx.may_start``). Past it, the connection *parks*: whole requests wait in ``inbuf``, the
+   connection waits to write (a socket almost always is writable, so the next ``select``
+   returns at once, after everyone else ready now had their turn; and a client that does not
+   read its responses gets no more made for it), and the next turn starts one of them whatever
+   the clock says, so each turn makes progress. A turn therefore costs at most the budget plus
+   one request, whatever the client pipelines. Nothing is read while parked, so ``inbuf``
+   stays within its bound;
+4. *settle*: close the socket if the connection closed, otherwise call ``modify`` only if the
    interest changed, and re-arm the timer only if the deadline moved earlier.
 
 Timers are a heap with at most one live entry per connection (``conn.timer_at``). A deadline
@@ -67,6 +79,9 @@ RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its
 SENDFILE_CHUNK = 1024 * 1024  # per sendfile call: large enough to keep the kernel busy
 FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
 PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
+# Time per connection per wake-up after which no new pipelined request is started. 16 cached
+# GETs take about 0.3 ms, so batching is untouched; a 10 ms request is one per turn.
+WORK_BUDGET_S = 0.002
 STAGE_BYTES = 64 * 1024  # pipelined responses held back to go out in one send
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
@@ -124,6 +139,8 @@ class Server:
         self._stop_requested = False
         self._shutdown_deadline: float | None = None
         self._local_is_wildcard = False
+        self._work_until = 0.0  # perf_counter() past which this turn starts no new request
+        self.ctx.may_start = self._within_budget
         self._waker_r, self._waker_w = socket.socketpair()
         for s in (self._waker_r, self._waker_w):
             s.setblocking(False)
@@ -295,6 +312,7 @@ class Server:
 
     def _step(self, conn: Connection, now: float, *, read: bool = False, due: bool = False) -> None:
         """One turn for one connection: read (or fire its timer), pump, settle."""
+        budget_end = time.perf_counter() + WORK_BUDGET_S  # the request read now counts too
         try:
             if due:
                 if conn.state is S.WRITING_HEADERS or conn.state is S.STREAMING_FILE:
@@ -304,7 +322,7 @@ class Server:
                 conn.on_timeout(now)
             elif read:
                 self._read(conn, now)
-            self._pump(conn, now)
+            self._pump(conn, now, budget_end)
         except Exception as exc:  # a bug outside the connection's own guard: drop only this one
             self.logs.bug(conn, exc)
             conn.abort()
@@ -322,12 +340,21 @@ class Server:
             return
         conn.receive(data, now)
 
-    def _pump(self, conn: Connection, now: float) -> None:
+    def _within_budget(self) -> bool:
+        return time.perf_counter() < self._work_until
+
+    def _pump(self, conn: Connection, now: float, budget_end: float | None = None) -> None:
         """Send what the connection has to send until the kernel refuses or the budget ends:
         held-back bytes first, then ``out`` (a head, a small body, a multipart boundary), then
-        the file span. See the module docstring for when a response is held back."""
+        the file span. See the module docstring for when a response is held back.
+
+        ``budget_end`` is when this turn's work budget runs out (``perf_counter`` time; by
+        default ``WORK_BUDGET_S`` from now). A parked connection starts one request first."""
         sock: socket.socket = conn.sock  # type: ignore[assignment]
+        self._work_until = time.perf_counter() + WORK_BUDGET_S if budget_end is None else budget_end
         try:
+            if conn.parked:
+                conn.resume(now)
             for _ in range(PUMP_BUDGET):
                 state = conn.state
                 if state is S.STREAMING_FILE and not conn.out:

@@ -43,6 +43,10 @@ pushed again at the new deadline. So each event costs O(1) or O(log n), never a 
 connections. Stale entries (closed connections, superseded deadlines) are swept out in one pass
 when they outnumber the live ones, which is O(1) amortized per push.
 
+A new connection gets its first turn as soon as it is accepted: its request has usually come
+with the handshake, and waiting for the next ``select`` would put every other ready
+connection's turn in front of it.
+
 Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails for lack of file
 descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the
 kernel's backlog until a connection closes (or, for EMFILE, a short back-off passes), instead of
@@ -293,6 +297,9 @@ class Server:
         self._arm(conn)
         if self.ctx.trace:
             self.logs.debug(f"#{conn.ident} accepted from {addr[0]}:{addr[1]}")
+        # The request has usually arrived with the handshake: read it now, not a loop pass
+        # later, which would put every other ready connection's turn in front of it.
+        self._step(conn, now, read=True)
 
     def _stop_accepting(self) -> None:
         if self._accepting and self.listener is not None:

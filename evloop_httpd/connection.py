@@ -5,8 +5,8 @@ Theory of operation
 A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
-connection. What the reactor should wait for is read off the state alone (``INTEREST``), so the
-reactor never has to reason about HTTP.
+connection. What the reactor should wait for is read off the state (``INTEREST``; to write while
+*parked*, see below), so the reactor never has to reason about HTTP.
 
 The reactor drives a connection through five calls, each given the current time:
 

@@ -34,8 +34,9 @@ does not turn into a reset that destroys the response) and never parses again.
 One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a response ends,
 the next one is parsed at once, without going back to the selector, as long as the reactor's
 work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
-can cost a thousand times another). Past it, the connection is *parked*: it starts nothing, it
-waits to write rather than to read, and the reactor's next turn calls :meth:`resume`. The
+can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
+decodes more of a body of tiny chunks), it waits to write rather than to read, and the
+reactor's next turn calls :meth:`resume`. The
 reactor does not read while a response is being written or while parked, so ``inbuf`` never
 holds more than the head limit plus one ``recv``: memory per connection is bounded whatever is
 sent or received.
@@ -48,7 +49,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
-from .body import ChunkedBody, FixedBody
+from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
@@ -316,15 +317,16 @@ class Connection:
             self._progress(0, now)
 
     def resume(self, now: float) -> None:
-        """A new turn: a parked connection starts its next buffered request."""
-        if self.parked and self.state is S.READING_HEADERS:
+        """A new turn: a parked connection starts its next buffered request, or goes on
+        decoding the body bytes it has."""
+        if self.parked and self.state in CAN_RESPOND:
             self._advance(now)
 
     def on_timeout(self, now: float) -> None:
         """The reactor's timer fired; act only if our deadline really has passed."""
         if self.state is S.CLOSED or now < self.deadline:
             return
-        if self.parked:
+        if self.parked and self.state is S.READING_HEADERS:
             # Parked all the idle timeout long: the socket never became writable, so the client
             # reads none of its responses. No request is half-received: close quietly.
             self._fire(I.TIMEOUT)
@@ -407,10 +409,18 @@ class Connection:
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
         assert body is not None and upload is not None and req is not None
-        data, done = body.read(self.inbuf)
-        if data:
-            upload.write(data)
-            self._progress(len(data), now)
+        while True:
+            # Bounded reads: a recv of tiny chunks is thousands of lines to decode. Between
+            # reads, the work budget decides whether to go on now or park until the next turn.
+            data, done = body.read(self.inbuf, LINES_PER_STEP)
+            if data:
+                upload.write(data)
+                self._progress(len(data), now)
+            if done or not body.paused:
+                break
+            if not self.ctx.may_start():
+                self.parked = True
+                return
         if done:
             # Keep owning the upload until it is committed: if committing raises anything,
             # _fail still finds it and unlinks the temp file.

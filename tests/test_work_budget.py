@@ -156,3 +156,55 @@ def test_a_request_that_came_with_the_handshake_is_answered_at_accept(server: Se
     reply = client.recv(65536)  # no wait: the answer must already be here
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"A" * 1000)
     client.close()
+
+
+def tiny_chunks(payload: bytes) -> bytes:
+    return b"".join(b"1\r\n" + payload[i : i + 1] + b"\r\n" for i in range(len(payload)))
+
+
+def test_a_body_of_tiny_chunks_is_decoded_a_bounded_step_at_a_time(tmp_path: Path) -> None:
+    # History: one recv of 64 KiB of one-byte chunks (10,000 lines) was decoded in one go, 20-40
+    # ms of matching during which no other client was served.
+    from evloop_httpd.body import LINES_PER_STEP, ChunkedBody
+    from evloop_httpd.config import Limits
+
+    payload = bytes(range(256)) * 8
+    body = ChunkedBody(Limits())
+    buf = bytearray(tiny_chunks(payload) + b"0\r\n\r\n")
+    got, done = body.read(buf, LINES_PER_STEP)
+    assert (got, done, body.paused) == (payload[: LINES_PER_STEP - 1], False, True)  # a line each
+    while not done:
+        more, done = body.read(buf, LINES_PER_STEP)
+        got += more
+    assert got == payload and not buf
+
+    srv = Server(make_config(tmp_path))
+    try:
+        conn = Connection(srv.ctx, 0.0, ("127.0.0.1", 1), ("127.0.0.1", 2), 1)
+        srv.ctx.may_start = lambda: False  # no budget: one bounded step per turn
+        head = b"PUT /up.bin HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        conn.receive(head + tiny_chunks(payload) + b"0\r\n\r\n", 0.0)
+        turns = 1
+        while conn.parked:
+            assert conn.state is S.READING_BODY and conn.interest == WRITE
+            conn.resume(0.0)
+            turns += 1
+        assert turns == len(payload) // LINES_PER_STEP + 1  # the last step reads "0" and ends
+        assert conn.state is S.WRITING_HEADERS and conn.out.startswith(b"HTTP/1.1 201 ")
+    finally:
+        srv.close()
+    assert (tmp_path / "up.bin").read_bytes() == payload
+
+
+def test_an_upload_of_tiny_chunks_completes_over_many_turns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reactor, "WORK_BUDGET_S", 0.0)
+    payload = bytes(range(256)) * 80  # 20,480 chunks: several recvs, each parked many times
+    with running(tmp_path) as srv:
+        client = Client(srv.port, recv_size=4096)
+        client.send(b"PUT /up.bin HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.send(tiny_chunks(payload) + b"0\r\n\r\n" + get("/up.bin"))
+        assert client.read_response().status == 201
+        assert client.read_response().body == payload
+        client.sock.close()

@@ -73,6 +73,11 @@ def attacks() -> dict[str, bytes]:
         "Accept-Encoding 16k empties": req("/small.txt", f"Accept-Encoding: {empties}\r\n"),
         "Range 16k empties": req("/small.txt", f"Range: bytes=0-1{empties}\r\n"),
         "404 flood": req("/nope"),
+        "PUT of 1-byte chunks": (
+            b"PUT /up.bin HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"1\r\nx\r\n" * 20_000
+            + b"0\r\n\r\n"
+        ),
         "mixed pipeline": mixed,
     }
 

@@ -252,36 +252,49 @@ class Server:
     # Accepting
 
     def _accept(self, now: float) -> None:
+        # The new connections get their first turn after the batch, not each as it comes: a
+        # client quick enough to reconnect within our turn would otherwise keep us in this
+        # loop for the whole batch, with the others' turns (and their closes) waiting.
+        fresh = self._accept_batch(now)
+        for conn in fresh:
+            if conn.sock is not None:
+                self._step(conn, now, read=True)
+
+    def _accept_batch(self, now: float) -> list[Connection]:
         listener = self.listener
         assert listener is not None
+        fresh: list[Connection] = []
         for _ in range(ACCEPT_BATCH):
             if self.count >= self.config.max_connections:
                 self.logs.debug("connection cap reached; pausing accept")
                 self._stop_accepting()
-                return
+                break
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno in _OUT_OF_FDS:
                     self.logs.info(f"evloop_httpd: accept failed ({exc.strerror}); backing off")
                     self._stop_accepting()
                     self._accept_resume_at = now + EMFILE_BACKOFF_S
-                    return
+                    break
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            self._add(sock, addr, now)
+            conn = self._add(sock, addr, now)
+            if conn is not None:
+                fresh.append(conn)
+        return fresh
 
-    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
+    def _add(self, sock: socket.socket, addr: tuple, now: float) -> Connection | None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local = sock.getsockname() if self._local_is_wildcard else self.address
         except OSError:
             sock.close()
-            return
+            return None
         # Many connections come from few addresses: share one str per address (~60 bytes each
         # of the ~1 KiB an idle connection costs). The table is bounded; past it, no sharing.
         host = self._hosts.get(addr[0])
@@ -297,9 +310,7 @@ class Server:
         self._arm(conn)
         if self.ctx.trace:
             self.logs.debug(f"#{conn.ident} accepted from {addr[0]}:{addr[1]}")
-        # The request has usually arrived with the handshake: read it now, not a loop pass
-        # later, which would put every other ready connection's turn in front of it.
-        self._step(conn, now, read=True)
+        return conn
 
     def _stop_accepting(self) -> None:
         if self._accepting and self.listener is not None:

@@ -43,9 +43,9 @@ pushed again at the new deadline. So each event costs O(1) or O(log n), never a 
 connections. Stale entries (closed connections, superseded deadlines) are swept out in one pass
 when they outnumber the live ones, which is O(1) amortized per push.
 
-A new connection gets its first turn as soon as it is accepted: its request has usually come
-with the handshake, and waiting for the next ``select`` would put every other ready
-connection's turn in front of it.
+A new connection gets its first turn right after the accept batch that took it: its request has
+usually come with the handshake, and waiting for the next ``select`` would put every other
+ready connection's turn in front of it.
 
 Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails for lack of file
 descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the

@@ -5,8 +5,8 @@ Theory of operation
 A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
-connection. What the reactor should wait for is read off the state alone (``INTEREST``), so the
-reactor never has to reason about HTTP.
+connection. What the reactor should wait for is read off the state (``INTEREST``; to write while
+*parked*, see below), so the reactor never has to reason about HTTP.
 
 The reactor drives a connection through five calls, each given the current time:
 
@@ -17,6 +17,7 @@ The reactor drives a connection through five calls, each given the current time:
   earlier pipelined responses, already counted as written, see :mod:`reactor`);
 * :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
   :meth:`Connection.check_delivery` while a response is being sent);
+* :meth:`Connection.resume` at the start of a turn, when the connection is *parked*;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
@@ -31,19 +32,25 @@ connection goes to LINGERING, where it only drains what the client still sends (
 does not turn into a reset that destroys the response) and never parses again.
 
 One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a response ends,
-the next one is parsed at once, without going back to the selector. The reactor does not read
-while a response is being written, so ``inbuf`` never holds more than the head limit plus one
-``recv``: memory per connection is bounded whatever is sent or received.
+the next one is parsed at once, without going back to the selector, as long as the reactor's
+work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
+can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
+decodes more of a body of tiny chunks), it waits to write rather than to read, and the
+reactor's next turn calls :meth:`resume`. The
+reactor does not read while a response is being written or while parked, so ``inbuf`` never
+holds more than the head limit plus one ``recv``: memory per connection is bounded whatever is
+sent or received.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Protocol
 
 from .auth import PENDING, Gate
-from .body import ChunkedBody, FixedBody
+from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
@@ -57,7 +64,7 @@ from .responses import (
     encode_middle,
     error_response,
 )
-from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, ConnState, Input
+from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
 
 S = ConnState
@@ -85,6 +92,10 @@ class Observer(Protocol):
     def bug(self, conn: Connection, exc: BaseException) -> None: ...
 
 
+def _always() -> bool:
+    return True
+
+
 class Context:
     """What all connections of one server share."""
 
@@ -95,6 +106,7 @@ class Context:
         "date",
         "gate",
         "handler",
+        "may_start",
         "observer",
         "stopping",
         "trace",
@@ -115,6 +127,9 @@ class Context:
         self.trace = config.trace
         gate = Gate(config)
         self.gate = gate if gate.active else None
+        # Whether this turn's work budget allows starting another pipelined request: the
+        # reactor's clock. Without a reactor (unit tests), always.
+        self.may_start: Callable[[], bool] = _always
 
 
 class Connection:
@@ -136,6 +151,7 @@ class Connection:
         "local",
         "out",
         "out_pos",
+        "parked",
         "peer",
         "phase_bytes",
         "phase_acked",
@@ -207,10 +223,14 @@ class Connection:
         self.use_sendfile = ctx.config.use_sendfile
         self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
         self.peer_done = False  # the client asked to close and sent nothing more
+        self.parked = False  # whole requests wait in inbuf for the next turn (work budget)
 
     @property
     def interest(self) -> int:
-        return INTEREST[self.state]
+        # Parked: wait to write. A socket almost always is writable, so the loop comes back at
+        # once; reading more would grow inbuf past its bound, and an end of stream read now
+        # would cut off requests already whole.
+        return WRITE if self.parked else INTEREST[self.state]
 
     # The four calls the reactor makes.
 
@@ -322,11 +342,21 @@ class Connection:
             self.delivered = delivered
             self._progress(0, now)
 
+    def resume(self, now: float) -> None:
+        """A new turn: a parked connection starts its next buffered request, or goes on
+        decoding the body bytes it has."""
+        if self.parked and self.state in CAN_RESPOND:
+            self._advance(now)
+
     def on_timeout(self, now: float) -> None:
         """The reactor's timer fired; act only if our deadline really has passed."""
         if self.state is S.CLOSED or now < self.deadline:
             return
-        if self.state is S.READING_HEADERS and self.inbuf:
+        if self.parked and self.state is S.READING_HEADERS:
+            # Parked all the idle timeout long: the socket never became writable, so the client
+            # reads none of its responses. No request is half-received: close quietly.
+            self._fire(I.TIMEOUT)
+        elif self.state is S.READING_HEADERS and self.inbuf:
             self._fail(
                 HttpError(
                     HTTPStatus.REQUEST_TIMEOUT, "request head not received in time", close=True
@@ -364,6 +394,7 @@ class Connection:
 
     def _advance(self, now: float) -> None:
         """Parse and act on whatever ``inbuf`` allows; the one place errors are caught."""
+        self.parked = False
         try:
             if self.state is S.READING_HEADERS:
                 self._maybe_start_request(now)
@@ -464,10 +495,18 @@ class Connection:
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
         assert body is not None and upload is not None and req is not None
-        data, done = body.read(self.inbuf)
-        if data:
-            upload.write(data)
-            self._progress(len(data), now)
+        while True:
+            # Bounded reads: a recv of tiny chunks is thousands of lines to decode. Between
+            # reads, the work budget decides whether to go on now or park until the next turn.
+            data, done = body.read(self.inbuf, LINES_PER_STEP)
+            if data:
+                upload.write(data)
+                self._progress(len(data), now)
+            if done or not body.paused:
+                break
+            if not self.ctx.may_start():
+                self.parked = True
+                return
         if done:
             # Keep owning the upload until it is committed: if committing raises anything,
             # _fail still finds it and unlinks the temp file.
@@ -537,7 +576,10 @@ class Connection:
             self._fire(I.RESPONSE_DONE)
             self.deadline = now + timeouts.idle_s
             if self.inbuf:
-                self._advance(now)
+                if self.ctx.may_start():
+                    self._advance(now)
+                else:
+                    self.parked = True
         else:
             # If the client itself asked for the close and nothing of it is buffered, it will
             # send nothing more; the reactor may then skip the drain (see drained()).
@@ -630,6 +672,7 @@ class Connection:
         self.body = None
         self.out = b""
         self.inbuf = bytearray()
+        self.parked = False
         if self.status:
             # A response was under way: log what the client actually got.
             try:

@@ -38,6 +38,7 @@ _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
 _CONNECT_FORM = "CONNECT takes only an authority-form target (host:port)"
 _TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
+TOO_MANY_ELEMENTS = "too many list elements in Connection, Content-Length, Transfer-Encoding"
 _FRAMING_FIELDS = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
 )
@@ -264,9 +265,14 @@ def _interpret(
     connection: list[bytes] = []
     expect: bytes | None = None
     has_te = False
+    elements = 0  # of the list-valued fields below, empty ones included (D14)
     for name, value in headers:
         if name not in _FRAMING_FIELDS:
             continue
+        if name != b"host" and name != b"expect":
+            elements += value.count(b",") + 1
+            if elements > grammar.MAX_LIST_ELEMENTS:
+                raise bad_request(TOO_MANY_ELEMENTS)
         if name == b"host":
             hosts.append(value)
         elif name == b"content-length":

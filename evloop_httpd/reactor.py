@@ -20,9 +20,21 @@ serve each ready socket; fire the timers that are due; flush the logs. Serving a
    buffer are; the reactor owes them to the socket before anything else, and waits for
    writability only (whatever the state says) while it does: not for input, whose end of
    stream could close the connection before they have left. The pump stops after a fixed budget
-   of calls, so one fast client downloading a large file, or sending a deep pipeline, cannot
-   keep the loop from everyone else;
-3. *settle*: close the socket if the connection closed, otherwise call ``modify`` only if the
+   of calls, so one fast client downloading a large file cannot keep the loop from everyone
+   else;
+3. *work budget*: sends are not what a request costs. A cached GET takes microseconds, a
+   listing of a big folder or a path of thousands of segments takes milliseconds, and a
+   pipeline can hold dozens of either. So each turn of a connection has a time budget
+   (``WORK_BUDGET_S``, from the start of the turn, measured with ``perf_counter`` between
+   requests): the connection starts the next pipelined request only while it lasts
+   (``ctx.may_start``). Past it, the connection *parks*: whole requests wait in ``inbuf``, the
+   connection waits to write (a socket almost always is writable, so the next ``select``
+   returns at once, after everyone else ready now had their turn; and a client that does not
+   read its responses gets no more made for it), and the next turn starts one of them whatever
+   the clock says, so each turn makes progress. A turn therefore costs at most the budget plus
+   one request, whatever the client pipelines. Nothing is read while parked, so ``inbuf``
+   stays within its bound;
+4. *settle*: close the socket if the connection closed, otherwise call ``modify`` only if the
    interest changed, and re-arm the timer only if the deadline moved earlier.
 
 Timers are a heap with at most one live entry per connection (``conn.timer_at``). A deadline
@@ -30,6 +42,10 @@ that moves later, which is what activity does, costs nothing: when the stale ent
 pushed again at the new deadline. So each event costs O(1) or O(log n), never a scan of all
 connections. Stale entries (closed connections, superseded deadlines) are swept out in one pass
 when they outnumber the live ones, which is O(1) amortized per push.
+
+A new connection gets its first turn right after the accept batch that took it: its request has
+usually come with the handshake, and waiting for the next ``select`` would put every other
+ready connection's turn in front of it.
 
 Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails for lack of file
 descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the
@@ -67,6 +83,9 @@ RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its
 SENDFILE_CHUNK = 1024 * 1024  # per sendfile call: large enough to keep the kernel busy
 FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
 PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
+# Time per connection per wake-up after which no new pipelined request is started. 16 cached
+# GETs take about 0.3 ms, so batching is untouched; a 10 ms request is one per turn.
+WORK_BUDGET_S = 0.002
 STAGE_BYTES = 64 * 1024  # pipelined responses held back to go out in one send
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
@@ -132,6 +151,8 @@ class Server:
         self._stop_requested = False
         self._shutdown_deadline: float | None = None
         self._local_is_wildcard = False
+        self._work_until = 0.0  # perf_counter() past which this turn starts no new request
+        self.ctx.may_start = self._within_budget
         self._waker_r, self._waker_w = socket.socketpair()
         for s in (self._waker_r, self._waker_w):
             s.setblocking(False)
@@ -261,36 +282,49 @@ class Server:
     # Accepting
 
     def _accept(self, now: float) -> None:
+        # The new connections get their first turn after the batch, not each as it comes: a
+        # client quick enough to reconnect within our turn would otherwise keep us in this
+        # loop for the whole batch, with the others' turns (and their closes) waiting.
+        fresh = self._accept_batch(now)
+        for conn in fresh:
+            if conn.sock is not None:
+                self._step(conn, now, read=True)
+
+    def _accept_batch(self, now: float) -> list[Connection]:
         listener = self.listener
         assert listener is not None
+        fresh: list[Connection] = []
         for _ in range(ACCEPT_BATCH):
             if self.count >= self.config.max_connections:
                 self.logs.debug("connection cap reached; pausing accept")
                 self._stop_accepting()
-                return
+                break
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno in _OUT_OF_FDS:
                     self.logs.info(f"evloop_httpd: accept failed ({exc.strerror}); backing off")
                     self._stop_accepting()
                     self._accept_resume_at = now + EMFILE_BACKOFF_S
-                    return
+                    break
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            self._add(sock, addr, now)
+            conn = self._add(sock, addr, now)
+            if conn is not None:
+                fresh.append(conn)
+        return fresh
 
-    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
+    def _add(self, sock: socket.socket, addr: tuple, now: float) -> Connection | None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             local = sock.getsockname() if self._local_is_wildcard else self.address
         except OSError:
             sock.close()
-            return
+            return None
         # Many connections come from few addresses: share one str per address (~60 bytes each
         # of the ~1 KiB an idle connection costs). The table is bounded; past it, no sharing.
         host = self._hosts.get(addr[0])
@@ -306,6 +340,7 @@ class Server:
         self._arm(conn)
         if self.ctx.trace:
             self.logs.debug(f"#{conn.ident} accepted from {addr[0]}:{addr[1]}")
+        return conn
 
     def _stop_accepting(self) -> None:
         if self._accepting and self.listener is not None:
@@ -325,6 +360,7 @@ class Server:
 
     def _step(self, conn: Connection, now: float, *, read: bool = False, due: bool = False) -> None:
         """One turn for one connection: read (or fire its timer), pump, settle."""
+        budget_end = time.perf_counter() + WORK_BUDGET_S  # the request read now counts too
         try:
             if due:
                 if conn.state is S.WRITING_HEADERS or conn.state is S.STREAMING_FILE:
@@ -334,7 +370,7 @@ class Server:
                 conn.on_timeout(now)
             elif read:
                 self._read(conn, now)
-            self._pump(conn, now)
+            self._pump(conn, now, budget_end)
         except Exception as exc:  # a bug outside the connection's own guard: drop only this one
             self.logs.bug(conn, exc)
             conn.abort()
@@ -352,12 +388,21 @@ class Server:
             return
         conn.receive(data, now)
 
-    def _pump(self, conn: Connection, now: float) -> None:
+    def _within_budget(self) -> bool:
+        return time.perf_counter() < self._work_until
+
+    def _pump(self, conn: Connection, now: float, budget_end: float | None = None) -> None:
         """Send what the connection has to send until the kernel refuses or the budget ends:
         held-back bytes first, then ``out`` (a head, a small body, a multipart boundary), then
-        the file span. See the module docstring for when a response is held back."""
+        the file span. See the module docstring for when a response is held back.
+
+        ``budget_end`` is when this turn's work budget runs out (``perf_counter`` time; by
+        default ``WORK_BUDGET_S`` from now). A parked connection starts one request first."""
         sock: socket.socket = conn.sock  # type: ignore[assignment]
+        self._work_until = time.perf_counter() + WORK_BUDGET_S if budget_end is None else budget_end
         try:
+            if conn.parked:
+                conn.resume(now)
             for _ in range(PUMP_BUDGET):
                 state = conn.state
                 if state is S.STREAMING_FILE and not conn.out:

@@ -361,3 +361,33 @@ def test_lingering_lasts_the_configured_linger_time(root: Path) -> None:
     assert conn.state is S.LINGERING
     conn.on_timeout(108.0)
     assert conn.state is S.CLOSED
+
+
+def test_out_of_budget_a_connection_parks_then_resumes_in_order(root: Path) -> None:
+    conn, _ = make(root)
+    budget = [True]
+    conn.ctx.may_start = lambda: budget[0]
+    get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.receive(get + b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n" + get, 0.0)
+    budget[0] = False  # the turn's budget is spent once the first response is under way
+    first = flush_out(conn)
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.count(b"HTTP/1.1 ") == 1
+    assert conn.parked and conn.state is S.READING_HEADERS and conn.interest == WRITE
+    conn.resume(0.0)  # a new turn starts one request whatever the budget says
+    assert not conn.parked
+    assert flush_out(conn).startswith(b"HTTP/1.1 404 ")
+    assert conn.parked
+    conn.resume(0.0)
+    assert flush_out(conn).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not conn.parked and not conn.inbuf and conn.interest == READ
+
+
+def test_a_parked_connection_whose_client_reads_nothing_closes_quietly(root: Path) -> None:
+    conn, _ = make(root)
+    conn.ctx.may_start = lambda: False
+    get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.receive(get * 2, 0.0)
+    flush_out(conn)
+    assert conn.parked
+    conn.on_timeout(conn.deadline)  # never writable all that while: no turn came
+    assert conn.state is S.CLOSED and not conn.out and not conn.reset

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 from http import HTTPStatus
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .body import ChunkedBody, FixedBody
 from .config import Config
@@ -58,6 +58,9 @@ from .responses import (
 )
 from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, ConnState, Input
 from .upload import Upload
+
+if TYPE_CHECKING:
+    import socket  # the reactor's, only carried here: a connection never touches it
 
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
@@ -171,7 +174,7 @@ class Connection:
         self.peer = peer
         self.local = local
         self.ident = ident
-        self.sock: object = None
+        self.sock: socket.socket | None = None
         self.events = 0
         self.pending: bytes | bytearray = b""
         self.timer_at = float("inf")
@@ -350,7 +353,9 @@ class Connection:
         self.request = req
         cache = ctx.cache
         key = cache.key(req)
-        plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        plan: Response | Upload | None = (
+            None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        )
         if plan is None:
             plan = ctx.handler.begin(req, ctx.date.second)
             if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:

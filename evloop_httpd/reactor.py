@@ -91,7 +91,8 @@ def _unacknowledged(sock: socket.socket) -> int | None:
         out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
     except OSError:
         return None
-    return struct.unpack("i", out)[0]
+    queued: int = struct.unpack("i", out)[0]
+    return queued
 
 
 def more_follows(conn: Connection) -> bool:
@@ -298,7 +299,8 @@ class Server:
         try:
             if due:
                 if conn.state is S.WRITING_HEADERS or conn.state is S.STREAMING_FILE:
-                    backlog = _unacknowledged(conn.sock)  # type: ignore[arg-type]
+                    assert conn.sock is not None  # a sending connection is open
+                    backlog = _unacknowledged(conn.sock)
                     if backlog is not None:
                         conn.check_delivery(backlog + len(conn.pending), now)
                 conn.on_timeout(now)
@@ -311,7 +313,8 @@ class Server:
         self._settle(conn)
 
     def _read(self, conn: Connection, now: float) -> None:
-        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
+        assert sock is not None  # only open connections are served
         try:
             data = sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -326,7 +329,8 @@ class Server:
         """Send what the connection has to send until the kernel refuses or the budget ends:
         held-back bytes first, then ``out`` (a head, a small body, a multipart boundary), then
         the file span. See the module docstring for when a response is held back."""
-        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
+        assert sock is not None
         try:
             for _ in range(PUMP_BUDGET):
                 state = conn.state
@@ -339,7 +343,7 @@ class Server:
                     or state is S.WRITING_CONTINUE
                     or state is S.STREAMING_FILE
                 ):
-                    out = conn.out
+                    out: bytes | memoryview = conn.out
                     pending = conn.pending
                     if (
                         conn.out_pos == 0
@@ -364,7 +368,8 @@ class Server:
                     n = sock.sendmsg((pending, out))
                     conn.flushed(min(n, held), now)
                     if n < held:
-                        del pending[:n]  # type: ignore[union-attr]
+                        assert isinstance(pending, bytearray)  # b"" only while empty
+                        del pending[:n]
                         return
                     conn.pending = b""
                     if n > held:
@@ -383,8 +388,9 @@ class Server:
     def _flush(conn: Connection, sock: socket.socket, now: float) -> bool:
         """Send what was held back; True when none is left."""
         pending = conn.pending
+        assert isinstance(pending, bytearray)  # called only when there is something held back
         n = sock.send(pending)
-        del pending[:n]  # type: ignore[union-attr]
+        del pending[:n]
         conn.flushed(n, now)
         if pending:
             return False
@@ -405,7 +411,8 @@ class Server:
         return sock.send(data) if data else 0
 
     def _settle(self, conn: Connection) -> None:
-        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
+        assert sock is not None
         if conn.state is S.CLOSED:
             self._close(conn)
             return
@@ -440,7 +447,7 @@ class Server:
             return True  # reset: there is nothing left to protect
 
     def _close(self, conn: Connection) -> None:
-        sock: socket.socket | None = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
         if sock is None:
             return
         conn.sock = None

@@ -1,19 +1,25 @@
 """Command line: parse options, check them, start the server, stop it on a signal.
 
-Usage errors (a bad port, a root that is not a directory, a malformed size) print a message
-and exit with status 2, as argparse does. A clean stop exits 0.
+Usage errors (a bad port, a root that is not a directory or cannot be read, a malformed size, a
+log file that cannot be opened) print the error and a hint to ``--help``, not the whole usage
+block, and exit with status 2, as argparse does. A clean stop exits 0. The program names itself
+the way it was started: ``evloop-httpd`` or ``python -m evloop_httpd``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from . import __version__
 from .config import KIB, Config, Limits, Timeouts
+from .log import Logs
 from .reactor import Server
 from .upload import remove_stale_temps
 
@@ -93,14 +99,50 @@ def extra_header(text: str) -> tuple[bytes, bytes]:
     return name, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+DEFAULT_PORT = 8000
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are two lines: the error, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for more.\n")
+
+
+def program_name() -> str:
+    """How the user started us: ``python -m evloop_httpd`` or the name of the script."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name in ("", "__main__.py", "-c", "-m"):
+        return "python -m evloop_httpd"
+    return name
+
+
+def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     lim, tmo = Limits(), Timeouts()
-    p = argparse.ArgumentParser(
-        prog="python -m evloop_httpd",
+    p = _Parser(
+        prog=prog,
         description="Serve a directory over HTTP/1.1 (GET, HEAD, PUT, DELETE) from one event loop.",
     )
-    p.add_argument("-p", "--port", type=port_number, default=8000, help="port (0: any free one)")
-    p.add_argument("-d", "--root", default=".", help="directory to serve (default: .)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # As http.server takes it: `python -m evloop_httpd 8000`. -p says the same; not both.
+    p.add_argument(
+        "port_arg",
+        nargs="?",
+        type=port_number,
+        metavar="PORT",
+        help=f"port, as -p (default {DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "-p", "--port", type=port_number, help=f"port (0: any free one; default {DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "-d",
+        "--root",
+        "--directory",
+        dest="root",
+        default=".",
+        help="directory to serve (default: .)",
+    )
     p.add_argument("-b", "--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--read-only", action="store_true", help="refuse PUT (405)")
     g = p.add_argument_group("limits")
@@ -217,9 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    if args.port is not None and args.port_arg is not None:
+        parser.error(f"the port is given twice ({args.port_arg} and -p {args.port}): give one")
+    port = next((p for p in (args.port, args.port_arg) if p is not None), DEFAULT_PORT)
     root = Path(args.root)
     if not root.is_dir():
         parser.error(f"root {args.root!r} is not an existing directory")
+    problem = unusable_root(root)
+    if problem:
+        parser.error(f"root {args.root!r}: {problem}")
     limits = Limits(
         max_request_line_bytes=args.max_request_line,
         max_head_bytes=args.max_head,
@@ -237,7 +285,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
     return Config(
         root=root.resolve(),
         host=args.bind,
-        port=args.port,
+        port=port,
         read_only=args.read_only,
         limits=limits,
         timeouts=timeouts,
@@ -255,6 +303,25 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         precompressed=not args.no_precompressed,
         extra_headers=tuple(args.headers),
     )
+
+
+def unusable_root(root: Path) -> str | None:
+    """Why the server could not serve ``root`` (which is a directory), or None.
+
+    Tried rather than inferred from the mode bits: root ignores them, a dropped capability or an
+    ACL changes them, and the kernel's answer is the one the server will get for every request.
+    Listing needs read permission; reaching anything inside needs search (execute) permission.
+    """
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    try:
+        os.stat(os.path.join(root, "."))
+    except OSError as exc:
+        return f"cannot enter it ({exc.strerror})"
+    return None
 
 
 def url_for(address: tuple) -> str:
@@ -283,8 +350,8 @@ def raise_nofile_limit(max_connections: int) -> None:
         print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    parser = build_parser(prog or program_name())
     args = parser.parse_args(argv)
     config = config_from(args, parser)
     if 0 < config.port < 1024:
@@ -294,16 +361,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
     try:
-        server = Server(config)
+        logs = Logs(config)
+    except OSError as exc:
+        option = "--stats-csv" if exc.filename == str(config.stats_csv) else "--response-log"
+        parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
+    try:
+        server = Server(config, logs)
         address = server.bind()
     except OSError as exc:
-        print(f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        where = f"{config.host}:{config.port}"
+        print(f"{parser.prog}: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     print(f"Serving {config.root} on {url_for(address)}", flush=True)
 
+    signals = 0
+
     def stop(signum: int, _frame: object) -> None:
-        if server.ctx.stopping:
-            raise SystemExit(0)  # a second Ctrl+C: stop now, the loop's finally still closes
+        # The first asks for a graceful stop (the server says what it waits for), the second
+        # stops now: the loop's finally still closes every socket and flushes the logs.
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("stopping now: transfers in flight are cut short", file=sys.stderr, flush=True)
+            raise SystemExit(0)
         server.request_stop()
 
     signal.signal(signal.SIGINT, stop)

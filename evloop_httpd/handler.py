@@ -53,6 +53,8 @@ from .upload import Upload, lstat_in
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
 _INDEX = "index.html"
+# Says why, so that whoever runs the server sees at once what to change.
+_NO_INDEX = "this folder has no index.html, and listings are off (the server's --listing)"
 _CONDITIONS = (b"if-match", b"if-none-match", b"if-unmodified-since")
 
 
@@ -118,8 +120,10 @@ class Handler:
                 return self._redirect_to_dir(found.segments, req.query, head_only)
             folder = real
             real = os.path.realpath(os.path.join(folder, _INDEX))
-            if not os.path.lexists(os.path.join(folder, _INDEX)) and cfg.listing:
-                return self._listing(req, folder, found.segments, head_only)
+            if not os.path.lexists(os.path.join(folder, _INDEX)):
+                if cfg.listing:
+                    return self._listing(req, folder, found.segments, head_only)
+                raise HttpError(HTTPStatus.NOT_FOUND, _NO_INDEX)
             if not cfg.follow_symlinks and not inside(self.root_real, real):
                 raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
         elif found.trailing_slash:

@@ -520,4 +520,11 @@ class Server:
             ):
                 conn.abort()
                 self._close(conn)
+        if self.count:
+            self.logs.info(
+                f"stopping: waiting up to {self.config.timeouts.shutdown_s:g} s for"
+                f" {self.count} transfer(s) in flight; a second Ctrl+C stops at once"
+            )
+        else:
+            self.logs.info("stopping: no transfer in flight")
         self.logs.flush()

@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     signals = 0
 
-    def stop(signum: int, _frame: object) -> None:
+    def stop(_signum: int, _frame: object) -> None:
         # The first asks for a graceful stop (the server says what it waits for), the second
         # stops now: the loop's finally still closes every socket and flushes the logs.
         nonlocal signals

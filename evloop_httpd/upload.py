@@ -38,14 +38,13 @@ class Upload:
     """One PUT in progress. Call :meth:`write` for each piece, then :meth:`commit` or
     :meth:`abort`; after either, the object holds no descriptor and no temp file."""
 
-    __slots__ = ("_dir", "_fd", "_fsync", "_tmp", "name", "written")
+    __slots__ = ("_dir", "_fd", "_fsync", "_tmp", "name")
 
     def __init__(self, folder_fd: int, name: str, *, fsync: bool) -> None:
         """Takes ownership of ``folder_fd`` (see :func:`files.open_folder`), even on error."""
         self._dir = folder_fd
         self.name = name
         self._fsync = fsync
-        self.written = 0
         self._tmp = f"{UPLOAD_PREFIX}{secrets.token_hex(8)}{UPLOAD_SUFFIX}"
         try:
             self._fd = os.open(self._tmp, _CREATE_FLAGS, 0o666, dir_fd=folder_fd)
@@ -67,10 +66,6 @@ class Upload:
         """``lstat`` of the target in the checked folder; None when there is none."""
         return lstat_in(self._dir, self.name)
 
-    @property
-    def active(self) -> bool:
-        return self._fd >= 0
-
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -86,7 +81,6 @@ class Upload:
                     ) from None
                 raise os_error_to_http(exc) from None
             view = view[n:]
-            self.written += n
 
     def commit(self) -> tuple[bool, bytes]:
         """Move the body into place. Returns (created, new ETag)."""

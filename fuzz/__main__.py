@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(_signum: int, _frame: object) -> None:
     stop.set()  # in case the exception below is lost: the harness raises it again
     raise KeyboardInterrupt
 

@@ -2,21 +2,24 @@
 
 Theory of operation
 -------------------
-A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
+A connection is always in exactly one :class:`ConnState`. It moves only through ``_fire``,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
 connection. What the reactor should wait for is read off the state alone (``INTEREST``), so the
 reactor never has to reason about HTTP.
 
-The reactor drives a connection through five calls, each given the current time:
+The reactor drives a connection through six calls, each given the current time:
 
 * :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
-* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
-* :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
+* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`, or after
+  the reactor held them back to send with the next response;
+* :meth:`Connection.streamed` after ``sendfile`` (or ``pread`` + ``send``) moved ``n`` bytes of
+  the file span;
 * :meth:`Connection.flushed` after ``send`` took ``n`` bytes the reactor had held back (bytes of
   earlier pipelined responses, already counted as written, see :mod:`reactor`);
-* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
-  :meth:`Connection.check_delivery` while a response is being sent);
+* :meth:`Connection.check_delivery` with how many sent bytes the client has not acknowledged,
+  when the timer of a connection sending a response comes due;
+* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 from . import __version__
 from .config import KIB, Config, Limits, Timeouts
+from .connection import Address
 from .log import Logs
 from .reactor import Server
 from .upload import remove_stale_temps
@@ -324,7 +325,7 @@ def unusable_root(root: Path) -> str | None:
     return None
 
 
-def url_for(address: tuple) -> str:
+def url_for(address: Address) -> str:
     host, port = address[0], address[1]
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 

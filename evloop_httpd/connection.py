@@ -81,6 +81,10 @@ def _names_head(inbuf: bytearray) -> bool:
     return inbuf.startswith(b"HEAD ") or inbuf.startswith(b"\r\nHEAD ")
 
 
+# A socket address as the socket module gives it: IPv6 adds flowinfo and scope_id.
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
 class Observer(Protocol):
     """Where a connection reports what the logs want to know."""
 
@@ -149,8 +153,8 @@ class Connection:
         self,
         ctx: Context,
         now: float,
-        peer: tuple = ("", 0),
-        local: tuple = ("", 0),
+        peer: Address = ("", 0),
+        local: Address = ("", 0),
         ident: int = 0,
     ) -> None:
         self.ctx = ctx

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .config import Config
-from .connection import Connection
+from .connection import Address, Connection
 from .states import INTEREST, ConnState, Input
 
 _CSV_HEADER = [
@@ -239,6 +239,6 @@ def _open(path: Path) -> _Sink:
     return _Sink(open(path, "a", encoding="utf-8", newline=""), owned=True)
 
 
-def _addr(addr: tuple) -> str:
+def _addr(addr: Address) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -57,7 +57,7 @@ import time
 from collections.abc import Callable
 
 from .config import Config
-from .connection import Connection, Context
+from .connection import Address, Connection, Context
 from .log import Logs
 from .states import READ, WRITE, ConnState
 
@@ -115,7 +115,7 @@ class Server:
         self.ctx = Context(config, self.logs)
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
-        self.address: tuple = ("", 0)
+        self.address: Address = ("", 0)
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
         self._ids = itertools.count(1)
@@ -132,7 +132,7 @@ class Server:
 
     # Set-up and tear-down
 
-    def bind(self) -> tuple:
+    def bind(self) -> Address:
         """Create the listening socket. Returns the bound (host, port, ...)."""
         host = self.config.host
         infos = socket.getaddrinfo(
@@ -254,7 +254,7 @@ class Server:
                 continue
             self._add(sock, addr, now)
 
-    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
+    def _add(self, sock: socket.socket, addr: Address, now: float) -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

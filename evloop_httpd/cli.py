@@ -364,7 +364,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         logs = Logs(config)
     except OSError as exc:
-        option = "--stats-csv" if exc.filename == str(config.stats_csv) else "--response-log"
+        logs_by_path = {
+            str(config.stats_csv): "--stats-csv",
+            str(config.response_log): "--response-log",
+        }
+        option = logs_by_path.get(exc.filename, "log")
         parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
     try:
         server = Server(config, logs)

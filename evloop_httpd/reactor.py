@@ -411,11 +411,11 @@ class Server:
         return sock.send(data) if data else 0
 
     def _settle(self, conn: Connection) -> None:
-        sock = conn.sock
-        assert sock is not None
         if conn.state is S.CLOSED:
             self._close(conn)
             return
+        sock = conn.sock
+        assert sock is not None  # open until _close, which only a CLOSED connection reaches
         if conn.state is S.LINGERING and not conn.shut_wr and not conn.pending:
             if conn.peer_done and self._nothing_unread(sock):
                 conn.drained()  # a plain close sends FIN: nothing unread, so no reset

@@ -1,24 +1,32 @@
 """Command line: parse options, check them, start the server, stop it on a signal.
 
-Usage errors (a bad port, a root that is not a directory, a malformed size) print a message
-and exit with status 2, as argparse does. A clean stop exits 0.
+Usage errors (a bad port, a root that is not a directory or cannot be read, a malformed size, a
+log file that cannot be opened) print the error and a hint to ``--help``, not the whole usage
+block, and exit with status 2, as argparse does. A clean stop exits 0. The program names itself
+the way it was started: ``evloop-httpd`` or ``python -m evloop_httpd``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from . import __version__
 from .auth import AccountFileError, is_loopback, load_accounts
 from .config import KIB, Config, Limits, Timeouts
+from .connection import Address
 from .descriptors import raise_nofile_limit
+from .log import Logs
 from .reactor import Server
 from .upload import remove_stale_temps
 
+DEFAULT_MAX_CONNECTIONS = 10_000
 _SUFFIXES = {"": 1, "k": KIB, "m": KIB**2, "g": KIB**3}
 
 
@@ -95,14 +103,50 @@ def extra_header(text: str) -> tuple[bytes, bytes]:
     return name, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+DEFAULT_PORT = 8000
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are two lines: the error, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for more.\n")
+
+
+def program_name() -> str:
+    """How the user started us: ``python -m evloop_httpd`` or the name of the script."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name in ("", "__main__.py", "-c", "-m"):
+        return "python -m evloop_httpd"
+    return name
+
+
+def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     lim, tmo = Limits(), Timeouts()
-    p = argparse.ArgumentParser(
-        prog="python -m evloop_httpd",
+    p = _Parser(
+        prog=prog,
         description="Serve a directory over HTTP/1.1 (GET, HEAD, PUT, DELETE) from one event loop.",
     )
-    p.add_argument("-p", "--port", type=port_number, default=8000, help="port (0: any free one)")
-    p.add_argument("-d", "--root", default=".", help="directory to serve (default: .)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # As http.server takes it: `python -m evloop_httpd 8000`. -p says the same; not both.
+    p.add_argument(
+        "port_arg",
+        nargs="?",
+        type=port_number,
+        metavar="PORT",
+        help=f"port, as -p (default {DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "-p", "--port", type=port_number, help=f"port (0: any free one; default {DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "-d",
+        "--root",
+        "--directory",
+        dest="root",
+        default=".",
+        help="directory to serve (default: .)",
+    )
     p.add_argument("-b", "--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--read-only", action="store_true", help="refuse PUT (405)")
     g = p.add_argument_group("limits")
@@ -133,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-connections",
         type=positive_int,
-        default=10_000,
-        help="open connections before accept pauses (default %(default)s)",
+        default=None,
+        help=f"open connections before accept pauses (default {DEFAULT_MAX_CONNECTIONS})",
     )
     t = p.add_argument_group("timeouts (seconds)")
     t.add_argument(
@@ -237,9 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    if args.port is not None and args.port_arg is not None:
+        parser.error(f"the port is given twice ({args.port_arg} and -p {args.port}): give one")
+    port = next((p for p in (args.port, args.port_arg) if p is not None), DEFAULT_PORT)
     root = Path(args.root)
     if not root.is_dir():
         parser.error(f"root {args.root!r} is not an existing directory")
+    problem = unusable_root(root)
+    if problem:
+        parser.error(f"root {args.root!r}: {problem}")
     limits = Limits(
         max_request_line_bytes=args.max_request_line,
         max_head_bytes=args.max_head,
@@ -264,11 +314,11 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
     return Config(
         root=root.resolve(),
         host=args.bind,
-        port=args.port,
+        port=port,
         read_only=args.read_only,
         limits=limits,
         timeouts=timeouts,
-        max_connections=args.max_connections,
+        max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS,
         use_sendfile=not args.no_sendfile,
         follow_symlinks=args.follow_symlinks,
         dotfiles=args.dotfiles,
@@ -289,7 +339,26 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
     )
 
 
-def url_for(address: tuple) -> str:
+def unusable_root(root: Path) -> str | None:
+    """Why the server could not serve ``root`` (which is a directory), or None.
+
+    Tried rather than inferred from the mode bits: root ignores them, a dropped capability or an
+    ACL changes them, and the kernel's answer is the one the server will get for every request.
+    Listing needs read permission; reaching anything inside needs search (execute) permission.
+    """
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    try:
+        os.stat(os.path.join(root, "."))
+    except OSError as exc:
+        return f"cannot enter it ({exc.strerror})"
+    return None
+
+
+def url_for(address: Address) -> str:
     host, port = address[0], address[1]
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
@@ -322,27 +391,37 @@ def safety_notes(config: Config) -> tuple[list[str], list[str]]:
     return banner, warnings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-password"]:
         from .hasher import hash_password_main
 
         return hash_password_main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(prog or program_name())
     args = parser.parse_args(argv)
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
-    budget = raise_nofile_limit(config.max_connections)
+    budget = raise_nofile_limit(config.max_connections, warn=args.max_connections is not None)
     config = dataclasses.replace(config, max_uploads=budget.max_uploads)
     stale = remove_stale_temps(str(config.root))
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
     try:
-        server = Server(config)
+        logs = Logs(config)
+    except OSError as exc:
+        logs_by_path = {
+            str(config.stats_csv): "--stats-csv",
+            str(config.response_log): "--response-log",
+        }
+        option = logs_by_path.get(exc.filename, "log")
+        parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
+    try:
+        server = Server(config, logs)
         address = server.bind()
     except OSError as exc:
-        print(f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        where = f"{config.host}:{config.port}"
+        print(f"{parser.prog}: cannot listen on {where}: {exc}", file=sys.stderr)
         return 1
     banner, warnings = safety_notes(config)
     for line in warnings:
@@ -351,9 +430,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in banner:
         print(line, flush=True)
 
-    def stop(signum: int, _frame: object) -> None:
-        if server.ctx.stopping:
-            raise SystemExit(0)  # a second Ctrl+C: stop now, the loop's finally still closes
+    signals = 0
+
+    def stop(_signum: int, _frame: object) -> None:
+        # The first asks for a graceful stop (the server says what it waits for), the second
+        # stops now: the loop's finally still closes every socket and flushes the logs.
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("stopping now: transfers in flight are cut short", file=sys.stderr, flush=True)
+            raise SystemExit(0)
         server.request_stop()
 
     signal.signal(signal.SIGINT, stop)

@@ -2,21 +2,24 @@
 
 Theory of operation
 -------------------
-A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
+A connection is always in exactly one :class:`ConnState`. It moves only through ``_fire``,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
 connection. What the reactor should wait for is read off the state (``INTEREST``; to write while
 *parked*, see below), so the reactor never has to reason about HTTP.
 
-The reactor drives a connection through five calls, each given the current time:
+The reactor drives a connection through seven calls, each given the current time:
 
 * :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
-* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
-* :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
+* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`, or after
+  the reactor held them back to send with the next response;
+* :meth:`Connection.streamed` after ``sendfile`` (or ``pread`` + ``send``) moved ``n`` bytes of
+  the file span;
 * :meth:`Connection.flushed` after ``send`` took ``n`` bytes the reactor had held back (bytes of
   earlier pipelined responses, already counted as written, see :mod:`reactor`);
-* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
-  :meth:`Connection.check_delivery` while a response is being sent);
+* :meth:`Connection.check_delivery` with how many sent bytes the client has not acknowledged,
+  when the timer of a connection sending a response comes due;
+* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
 * :meth:`Connection.resume` at the start of a turn, when the connection is *parked*;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
@@ -47,7 +50,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .auth import PENDING, Gate
 from .body import LINES_PER_STEP, ChunkedBody, FixedBody
@@ -67,6 +70,9 @@ from .responses import (
 from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
 
+if TYPE_CHECKING:
+    import socket  # the reactor's, only carried here: a connection never touches it
+
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
 
@@ -81,6 +87,10 @@ def _names_head(inbuf: bytearray) -> bool:
     line before a request (D5) is skipped as the parser skips it.
     """
     return inbuf.startswith(b"HEAD ") or inbuf.startswith(b"\r\nHEAD ")
+
+
+# A socket address as the socket module gives it: IPv6 adds flowinfo and scope_id.
+Address = tuple[str, int] | tuple[str, int, int, int]
 
 
 class Observer(Protocol):
@@ -181,8 +191,8 @@ class Connection:
         self,
         ctx: Context,
         now: float,
-        peer: tuple = ("", 0),
-        local: tuple = ("", 0),
+        peer: Address = ("", 0),
+        local: Address = ("", 0),
         ident: int = 0,
     ) -> None:
         self.ctx = ctx
@@ -215,7 +225,7 @@ class Connection:
         self.peer = peer
         self.local = local
         self.ident = ident
-        self.sock: object = None
+        self.sock: socket.socket | None = None
         self.events = 0
         self.pending: bytes | bytearray = b""
         self.timer_at = float("inf")
@@ -443,7 +453,8 @@ class Connection:
                 raise outcome
             self.user = outcome
             self._begin(self.request, now)
-            if self.state is S.READING_BODY:
+            # _begin moves the state on; mypy keeps it narrowed to AUTHENTICATING without this.
+            if cast(ConnState, self.state) is S.READING_BODY:
                 self._maybe_read_body(now)
         except HttpError as exc:
             self._fail(exc, now)

@@ -62,9 +62,14 @@ def plan(max_connections: int, limit: int | None) -> Budget:
     return Budget(uploads, wanted, left >= floor)
 
 
-def raise_nofile_limit(max_connections: int) -> Budget:
+def raise_nofile_limit(max_connections: int, *, warn: bool = True) -> Budget:
     """Raise the soft RLIMIT_NOFILE towards :func:`needed`, up to the hard limit, and return
-    the budget the resulting limit allows (warning on stderr when it is short)."""
+    the budget the resulting limit allows (warning on stderr when it is short and ``warn``).
+
+    The CLI warns only when the operator chose ``--max-connections``: with the default, a
+    machine whose hard limit is below 30,064 (many are) would print the warning at every start
+    for a cap nobody asked for, and the server copes either way (uploads capped, 503 at EMFILE).
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = needed(max_connections)
     if hard != resource.RLIM_INFINITY:
@@ -76,7 +81,7 @@ def raise_nofile_limit(max_connections: int) -> Budget:
         except (OSError, ValueError) as exc:
             print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
     budget = plan(max_connections, None if soft == resource.RLIM_INFINITY else soft)
-    if budget.max_uploads is not None:
+    if warn and budget.max_uploads is not None:
         short = (
             ""
             if budget.covered

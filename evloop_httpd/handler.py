@@ -56,6 +56,8 @@ from .upload import Upload, lstat_in
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
 _INDEX = "index.html"
+# Says why, so that whoever runs the server sees at once what to change.
+_NO_INDEX = "this folder has no index.html, and listings are off (the server's --listing)"
 _CONDITIONS = (b"if-match", b"if-none-match", b"if-unmodified-since")
 
 
@@ -123,8 +125,10 @@ class Handler:
                 if not trailing and segments:
                     return self._redirect_to_dir(segments, req.query, head_only)
                 index = os.path.join(found.real, _INDEX)
-                if cfg.listing and not os.path.lexists(index):
-                    return self._listing(req, found, segments, head_only)
+                if not os.path.lexists(index):
+                    if cfg.listing:
+                        return self._listing(req, found, segments, head_only)
+                    raise HttpError(HTTPStatus.NOT_FOUND, _NO_INDEX)
                 file = locate(self.root_real, index, follow_symlinks=cfg.follow_symlinks)
                 os.close(found.fd)
                 found = file

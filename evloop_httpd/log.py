@@ -21,7 +21,7 @@ from typing import TextIO
 from urllib.parse import unquote_to_bytes
 
 from .config import Config
-from .connection import Connection
+from .connection import Address, Connection
 from .states import INTEREST, ConnState, Input
 
 _CSV_HEADER = [
@@ -289,6 +289,6 @@ def _open(path: Path) -> _Sink:
     return _Sink(open(path, "a", encoding="utf-8", newline=""), owned=True)
 
 
-def _addr(addr: tuple) -> str:
+def _addr(addr: Address) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

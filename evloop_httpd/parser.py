@@ -173,7 +173,12 @@ def _check_partial(
         raise min(found, key=lambda pair: pair[0])[1]
 
 
-def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
+_Target = tuple[bytes, bytes | None, bytes | None]  # path, query, host from an absolute-form
+
+
+def _parse_request_line(
+    buf: bytes | bytearray, start: int, end: int
+) -> tuple[bytes, bytes, bytes, _Target, int]:
     """Validate and split the request line of the complete head ``buf[start:end]``. Returns the
     pieces :func:`_interpret` takes, and where the field lines start."""
     line_end = buf.find(_CRLF, start, end + 2)
@@ -182,7 +187,7 @@ def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
         method, raw_target, path, query, http_version = m.groups()
         if method == _CONNECT:
             raise bad_request(_CONNECT_FORM)
-        target = (path, query, None)
+        target: _Target = (path, query, None)
     else:
         request_line = bytes(buf[start:line_end])
         if not grammar.REQUEST_LINE.fullmatch(request_line):
@@ -253,7 +258,7 @@ def _interpret(
     method: bytes,
     raw_target: bytes,
     http_version: bytes,
-    target: tuple[bytes, bytes | None, bytes | None],
+    target: _Target,
     headers: list[tuple[bytes, bytes]],
     limits: Limits,
     head_size: int,
@@ -333,7 +338,7 @@ def _list_elements(value: bytes) -> list[bytes]:
     return [e for e in (part.strip(b" \t") for part in value.split(b",")) if e]
 
 
-def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+def _split_target(method: bytes, target: bytes) -> _Target:
     """Return (path, query, host-from-target) for the four forms of RFC 9112 §3.2."""
     if method == _CONNECT:
         # RFC 9112 §3.2.3: CONNECT takes the authority-form, and only it takes that form.

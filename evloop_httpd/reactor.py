@@ -73,7 +73,7 @@ import time
 from collections.abc import Callable
 
 from .config import Config
-from .connection import Connection, Context
+from .connection import Address, Connection, Context
 from .log import Logs
 from .states import READ, WRITE, ConnState
 
@@ -118,7 +118,8 @@ def _unacknowledged(sock: socket.socket) -> int | None:
         out = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
     except OSError:
         return None
-    return struct.unpack("i", out)[0]
+    queued: int = struct.unpack("i", out)[0]
+    return queued
 
 
 def more_follows(conn: Connection) -> bool:
@@ -141,7 +142,7 @@ class Server:
         self.ctx = Context(config, self.logs)
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
-        self.address: tuple = ("", 0)
+        self.address: Address = ("", 0)
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
         self._ids = itertools.count(1)
@@ -165,7 +166,7 @@ class Server:
 
     # Set-up and tear-down
 
-    def bind(self) -> tuple:
+    def bind(self) -> Address:
         """Create the listening socket. Returns the bound (host, port, ...)."""
         host = self.config.host
         infos = socket.getaddrinfo(
@@ -317,7 +318,7 @@ class Server:
                 fresh.append(conn)
         return fresh
 
-    def _add(self, sock: socket.socket, addr: tuple, now: float) -> Connection | None:
+    def _add(self, sock: socket.socket, addr: Address, now: float) -> Connection | None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -364,7 +365,8 @@ class Server:
         try:
             if due:
                 if conn.state is S.WRITING_HEADERS or conn.state is S.STREAMING_FILE:
-                    backlog = _unacknowledged(conn.sock)  # type: ignore[arg-type]
+                    assert conn.sock is not None  # a sending connection is open
+                    backlog = _unacknowledged(conn.sock)
                     if backlog is not None:
                         conn.check_delivery(backlog + len(conn.pending), now)
                 conn.on_timeout(now)
@@ -377,7 +379,8 @@ class Server:
         self._settle(conn)
 
     def _read(self, conn: Connection, now: float) -> None:
-        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
+        assert sock is not None  # only open connections are served
         try:
             data = sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -398,7 +401,8 @@ class Server:
 
         ``budget_end`` is when this turn's work budget runs out (``perf_counter`` time; by
         default ``WORK_BUDGET_S`` from now). A parked connection starts one request first."""
-        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
+        assert sock is not None
         self._work_until = time.perf_counter() + WORK_BUDGET_S if budget_end is None else budget_end
         try:
             if conn.parked:
@@ -414,7 +418,7 @@ class Server:
                     or state is S.WRITING_CONTINUE
                     or state is S.STREAMING_FILE
                 ):
-                    out = conn.out
+                    out: bytes | memoryview = conn.out
                     pending = conn.pending
                     if (
                         conn.out_pos == 0
@@ -439,7 +443,8 @@ class Server:
                     n = sock.sendmsg((pending, out))
                     conn.flushed(min(n, held), now)
                     if n < held:
-                        del pending[:n]  # type: ignore[union-attr]
+                        assert isinstance(pending, bytearray)  # b"" only while empty
+                        del pending[:n]
                         return
                     conn.pending = b""
                     if n > held:
@@ -458,8 +463,9 @@ class Server:
     def _flush(conn: Connection, sock: socket.socket, now: float) -> bool:
         """Send what was held back; True when none is left."""
         pending = conn.pending
+        assert isinstance(pending, bytearray)  # called only when there is something held back
         n = sock.send(pending)
-        del pending[:n]  # type: ignore[union-attr]
+        del pending[:n]
         conn.flushed(n, now)
         if pending:
             return False
@@ -480,10 +486,11 @@ class Server:
         return sock.send(data) if data else 0
 
     def _settle(self, conn: Connection) -> None:
-        sock: socket.socket = conn.sock  # type: ignore[assignment]
         if conn.state is S.CLOSED:
             self._close(conn)
             return
+        sock = conn.sock
+        assert sock is not None  # open until _close, which only a CLOSED connection reaches
         if conn.state is S.LINGERING and not conn.shut_wr and not conn.pending:
             if conn.peer_done and self._nothing_unread(sock):
                 conn.drained()  # a plain close sends FIN: nothing unread, so no reset
@@ -515,7 +522,7 @@ class Server:
             return True  # reset: there is nothing left to protect
 
     def _close(self, conn: Connection) -> None:
-        sock: socket.socket | None = conn.sock  # type: ignore[assignment]
+        sock = conn.sock
         if sock is None:
             return
         conn.sock = None
@@ -589,4 +596,11 @@ class Server:
             ):
                 conn.abort()
                 self._close(conn)
+        if self.count:
+            self.logs.info(
+                f"stopping: waiting up to {self.config.timeouts.shutdown_s:g} s for"
+                f" {self.count} transfer(s) in flight; a second Ctrl+C stops at once"
+            )
+        else:
+            self.logs.info("stopping: no transfer in flight")
         self.logs.flush()

@@ -75,10 +75,6 @@ class Upload:
         """``lstat`` of the target in the checked folder; None when there is none."""
         return lstat_in(self._dir, self.name)
 
-    @property
-    def active(self) -> bool:
-        return self._fd >= 0
-
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:

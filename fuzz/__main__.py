@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from .harness import TARGETS, Failure, Stats, run
+from .harness import TARGETS, Failure, Stats, run, stop
 
 # CI: examples per target under one fixed seed, sized for about a minute on one core.
 CI_SEED = 20_250_101
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seed {base}; Ctrl+C stops and reports", flush=True)
             deadline = started + args.minutes * 60
             batch = 0
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not stop.is_set():
                 name = names[batch % len(names)]
                 run(name, BATCH, base + batch, stats[name])
                 batch += 1
@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _interrupt(signum: int, frame: object) -> None:
+def _interrupt(_signum: int, _frame: object) -> None:
+    stop.set()  # in case the exception below is lost: the harness raises it again
     raise KeyboardInterrupt
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ from . import properties as props
 from . import strategies as strat
 
 SEEDS = Path(__file__).resolve().parent / "seeds"
+
+# Set on Ctrl+C (see __main__). A KeyboardInterrupt raised by the signal handler can land where
+# it is lost (inside hypothesis's own bookkeeping, a finalizer): then the run would go on to its
+# deadline. So every example looks at this first, and raises again until the run has ended.
+stop = threading.Event()
 
 
 def _with_cuts(inputs: st.SearchStrategy[bytes]) -> st.SearchStrategy[tuple[bytes, list[int]]]:
@@ -150,12 +156,18 @@ def run(name: str, examples: int, seed_value: int, stats: Stats, shrink: bool = 
     )
     @given(target.strategy)
     def prop(args: tuple[Any, ...]) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
         last[:] = [args]
         stats.inputs += 1
         target.check(stats, *args)
 
+    if stop.is_set():
+        raise KeyboardInterrupt
     try:
         prop()
     except Exception as exc:
+        if stop.is_set():  # an interrupt that surfaced as an error is no finding
+            raise KeyboardInterrupt from exc
         path = save_seed(name, last[0], f"{type(exc).__name__}: {exc}")
         raise Failure(name, path, exc) from exc

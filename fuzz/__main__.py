@@ -19,6 +19,16 @@ from .harness import TARGETS, Failure, Stats, run
 # CI: examples per target under one fixed seed, sized for about a minute on one core.
 CI_SEED = 20_250_101
 CI_EXAMPLES = {"total": 2000, "split": 2000, "oracle": 3000, "connection": 1500}
+CI_EXAMPLES.update(
+    {
+        "multipart-total": 1000,
+        "multipart-split": 1000,
+        "multipart-oracle": 1000,
+        "proxy-total": 1000,
+        "proxy-split": 1000,
+        "forwarded-total": 1000,
+    }
+)
 BATCH = 500
 
 

@@ -450,3 +450,50 @@ def test_safe_filename_dotfiles_allowed_but_never_our_temp_files() -> None:
         safe_filename(".evloop-upload-0123456789abcdef.tmp", dotfiles=True)
     with pytest.raises(HttpError):
         safe_filename("..", dotfiles=True)
+
+
+# Where we differ from the multipart package (the fuzzer's oracle), each on purpose; the
+# oracle's side is asserted too, so that a change on either side shows up.
+
+
+def _oracle(body: bytes, boundary: bytes = B) -> list[object]:
+    import multipart as mp
+
+    parser = mp.PushMultipartParser(boundary)
+    out: list[object] = []
+    for chunk in (body, b""):
+        out.extend(parser.parse(chunk))
+    return out
+
+
+def test_m1_transport_padding_is_accepted_where_the_oracle_refuses() -> None:
+    import multipart as mp
+
+    body = b"--XyZ \r\n" + CD_A + b"\r\n\r\nv\r\n--XyZ--"
+    assert PartData(b"v") in all_ways(body)
+    with pytest.raises(mp.ParserError):
+        _oracle(body)
+
+
+def test_m2_folded_part_header_is_refused_where_the_oracle_unfolds() -> None:
+    body = b"--XyZ\r\n" + CD_A + b"\r\n x\r\n\r\nv\r\n--XyZ--"
+    assert "folding" in error_all_ways(body).detail
+    assert _oracle(body)[0].headerlist == [("Content-Disposition", 'form-data; name="a" x')]
+
+
+def test_m3_any_token_is_a_header_name_where_the_oracle_takes_fewer() -> None:
+    import multipart as mp
+
+    body = b"--XyZ\r\n" + CD_A + b"\r\nX!: 1\r\n\r\nv\r\n--XyZ--"
+    assert all_ways(body)[0].get(b"x!") == b"1"
+    with pytest.raises(mp.ParserError):
+        _oracle(body)
+
+
+def test_m4_boundary_inside_the_preamble_line_is_preamble_where_the_oracle_refuses() -> None:
+    import multipart as mp
+
+    body = b"note: --XyZ\r\n--XyZ\r\n" + CD_A + b"\r\n\r\nv\r\n--XyZ--"
+    assert PartData(b"v") in all_ways(body)
+    with pytest.raises(mp.ParserError):
+        _oracle(body)

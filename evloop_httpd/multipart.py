@@ -197,10 +197,11 @@ class MultipartParser:
         """Read what follows a delimiter at ``buf[pos:]``. Returns where the part's content
         starts, or -1 when there is nothing more to do with ``buf``: either more bytes are
         needed (``buf[pos:]`` is then kept as the tail) or the body is done."""
-        # The usual case in one regex: no padding, and a complete, valid header section. It
-        # gives exactly what the general path below would, which handles everything else.
-        m = _QUICK_HEAD.match(buf, pos)
-        if m is not None and m.end() - pos <= self._max_head:
+        # The usual case in one regex: no padding, and a complete, valid header section within
+        # the limit. It gives exactly what the general path below would, which handles the
+        # rest. Tried once per section: a trickled section resumes in the general path.
+        m = None if self._scanned else _QUICK_HEAD.match(buf, pos, pos + self._max_head)
+        if m is not None:
             self._parts += 1
             section = m[1]
             pairs = _FIELD_LINES.findall(section) if section else []

@@ -110,8 +110,11 @@ _TCHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _VALUE = rb"((?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?)"  # trailing OWS: rstrip
 _FIELD_LINE = re.compile(b"(" + _TCHARS + rb"):[ \t]*" + _VALUE)
 _FIELD_LINES = re.compile(rb"^(" + _TCHARS + rb"):[ \t]*" + _VALUE + rb"\r\n", re.MULTILINE)
+_LINE = _TCHARS + rb":[ \t]*(?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?\r\n"
+# A whole header section: the first line's name and value as groups (most parts have one or
+# two lines, so this spares a findall), then the other lines.
 _QUICK_HEAD = re.compile(
-    rb"\r\n((?:" + _TCHARS + rb":[ \t]*(?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?\r\n)*)\r\n"
+    rb"\r\n(?:(" + _TCHARS + rb"):[ \t]*" + _VALUE + rb"\r\n((?:" + _LINE + rb")*))?\r\n"
 )
 _AFTER_BOUNDARY = "multipart boundary followed by something other than CRLF"
 _PADDING = re.compile(rb"[ \t]*")
@@ -203,11 +206,17 @@ class MultipartParser:
         m = None if self._scanned else _QUICK_HEAD.match(buf, pos, pos + self._max_head)
         if m is not None:
             self._parts += 1
-            section = m[1]
-            pairs = _FIELD_LINES.findall(section) if section else []
-            if self._parts > self._max_parts or len(pairs) > self._max_fields:
-                self._check_counts(len(pairs))
-            events.append(PartStart(tuple([(n.lower(), v.rstrip(b" \t")) for n, v in pairs])))
+            name, value, rest = m.groups()
+            if name is None:
+                headers: tuple[tuple[bytes, bytes], ...] = ()
+            elif rest:
+                pairs = [(name, value), *_FIELD_LINES.findall(rest)]
+                headers = tuple([(n.lower(), v.rstrip(b" \t")) for n, v in pairs])
+            else:
+                headers = ((name.lower(), value.rstrip(b" \t")),)
+            if self._parts > self._max_parts or len(headers) > self._max_fields:
+                self._check_counts(len(headers))
+            events.append(PartStart(headers))
             self._state = _CONTENT
             return m.end()
         end = len(buf)

@@ -191,12 +191,12 @@ def _ours_parts(boundary: bytes, body: bytes) -> list[tuple]:
     for ev in run_multipart(boundary, [body]):
         if ev[0] == "start":
             d = parse_disposition(dict(ev[1])[b"content-disposition"])
-            parts.append([tuple((n, v.decode()) for n, v in ev[1]), d.name, d.filename, b""])
+            parts.append((tuple((n, v.decode()) for n, v in ev[1]), d.name, d.filename, b""))
         elif ev[0] == "data":
-            parts[-1][3] = ev[1]
+            parts[-1] = (*parts[-1][:3], ev[1])
         elif ev[0] == "error":
             raise AssertionError(f"we refuse a valid body: {ev}")
-    return [tuple(p) for p in parts]
+    return parts
 
 
 def _oracle_parts(boundary: bytes, body: bytes) -> list[tuple]:

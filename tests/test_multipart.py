@@ -497,3 +497,14 @@ def test_m4_boundary_inside_the_preamble_line_is_preamble_where_the_oracle_refus
     assert PartData(b"v") in all_ways(body)
     with pytest.raises(mp.ParserError):
         _oracle(body)
+
+
+def test_bytearray_and_memoryview_input_are_copied_not_pinned() -> None:
+    # The connection feeds its bytearray and then deletes what it consumed: a memoryview kept
+    # by the parser would make that resize fail (BufferError), and data would change under it.
+    buf = bytearray(b"--XyZ\r\n\r\nabc\r\n--X")
+    parser = MultipartParser(B)
+    got = parser.feed(buf) + parser.feed(memoryview(b"yZ--"))
+    del buf[:]
+    assert got == [PartStart(()), PartData(b"abc"), PartEnd(), BodyEnd()]
+    assert all(type(ev.data) is bytes for ev in got if isinstance(ev, PartData))

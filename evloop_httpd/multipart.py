@@ -15,7 +15,7 @@ needs no special case. After each delimiter comes ``--`` (the close delimiter: t
 epilogue and ignored), or optional transport padding (spaces and tabs, RFC 2046's LWSP) and
 CRLF, then the part's header section up to an empty line.
 
-Three promises, checked by the fuzzer:
+Its promises (the first checked by the fuzzer, the others by tests):
 
 * **Split invariance.** The events, once adjacent :class:`PartData` are joined, and the error
   if any, do not depend on where the input was cut. Every decision is taken at a point fixed
@@ -24,8 +24,14 @@ Three promises, checked by the fuzzer:
   longest suffix that may be the start of a delimiter (fewer than ``len(delimiter)`` bytes);
   inside a header section, at most ``max_part_header_bytes``. Content is never buffered: it
   leaves as slices of the input as soon as it cannot be the start of a delimiter.
+* **Bounded work.** A feed costs O(len(data) + tail): searches resume where the last call
+  stopped, and the tail is at most one header section. (A section trickled byte by byte still
+  has its tail copied on each feed: at most 8 KiB, less than the system call that read it.)
 * **Speed.** Content is scanned with ``bytes.find`` for the delimiter (C speed), never byte by
   byte; a piece that holds no delimiter and ends clear of one goes out as it came, uncopied.
+
+An error refuses the body as a whole: the events of the call that raised are lost, and those
+returned before count for nothing (the upload they were feeding is abandoned).
 
 The rest of the module turns header fields into what the upload needs:
 :func:`boundary_from_content_type`, :func:`parse_disposition` for ``name`` and ``filename``

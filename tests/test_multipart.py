@@ -508,3 +508,33 @@ def test_bytearray_and_memoryview_input_are_copied_not_pinned() -> None:
     del buf[:]
     assert got == [PartStart(()), PartData(b"abc"), PartEnd(), BodyEnd()]
     assert all(type(ev.data) is bytes for ev in got if isinstance(ev, PartData))
+
+
+class _CountingPattern:
+    """Wraps a compiled pattern and counts the bytes its ``match`` calls may scan."""
+
+    def __init__(self, pattern: object) -> None:
+        self.pattern = pattern
+        self.scanned = 0
+
+    def match(self, buf: bytes, pos: int = 0, endpos: int = 1 << 62):  # type: ignore[no-untyped-def]
+        self.scanned += min(len(buf), endpos) - pos
+        return self.pattern.match(buf, pos, endpos)  # type: ignore[attr-defined]
+
+
+def test_trickled_header_section_is_scanned_in_linear_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # History: the one-regex header path ran again on every feed of an unfinished section, so a
+    # section sent byte by byte cost its size squared (8 KiB: 32 MiB of scanning per part).
+    from evloop_httpd import multipart
+
+    counting = _CountingPattern(multipart._QUICK_HEAD)
+    monkeypatch.setattr(multipart, "_QUICK_HEAD", counting)
+    section = b"\r\n".join(b"F%d: " % i + b"x" * 900 for i in range(8)) + b"\r\n\r\n"
+    body = b"--XyZ\r\n" + section + b"v\r\n--XyZ--"
+    parser = MultipartParser(B)
+    for i in range(len(body)):
+        parser.feed(body[i : i + 1])
+    parser.close()
+    assert counting.scanned < 4 * len(section)

@@ -19,6 +19,17 @@ from .harness import TARGETS, Failure, Stats, run, stop
 # CI: examples per target under one fixed seed, sized for about a minute on one core.
 CI_SEED = 20_250_101
 CI_EXAMPLES = {"total": 2000, "split": 2000, "oracle": 3000, "connection": 1500}
+# The parsers of fuzz/parsers.py: smaller input spaces, and about 20 s more in all.
+CI_EXAMPLES.update(
+    {
+        "multipart-total": 500,
+        "multipart-split": 500,
+        "multipart-oracle": 500,
+        "proxy-total": 500,
+        "proxy-split": 500,
+        "forwarded-total": 500,
+    }
+)
 BATCH = 500
 
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from evloop_httpd.config import Limits
 
+from . import parsers
 from . import properties as props
 from . import strategies as strat
 
@@ -90,6 +91,40 @@ TARGETS: dict[str, Target] = {
         _check_connection,
     ),
 }
+
+
+# The other parsers of untrusted bytes (fuzz/parsers.py).
+TARGETS.update(
+    {
+        "multipart-total": Target(
+            st.tuples(parsers.mp_any, st.booleans()).map(lambda t: (*t[0], t[1])),
+            lambda stats, b, d, small: parsers.check_multipart_total(b, d, small),
+        ),
+        "multipart-split": Target(
+            st.tuples(
+                parsers.mp_any.flatmap(lambda t: st.tuples(st.just(t), strat.splits(t[1]))),
+                st.booleans(),
+            ).map(lambda t: (*t[0][0], t[0][1], t[1])),
+            lambda stats, b, d, c, small: parsers.check_multipart_split(b, d, c, small),
+        ),
+        "multipart-oracle": Target(
+            parsers.mp_valid(),
+            lambda stats, b, d: parsers.check_multipart_oracle(b, d),
+        ),
+        "proxy-total": Target(
+            parsers.proxy_any.map(lambda d: (d,)),
+            lambda stats, d: parsers.check_proxy_total(d),
+        ),
+        "proxy-split": Target(
+            _with_cuts(parsers.proxy_any),
+            lambda stats, d, c: parsers.check_proxy_split(d, c),
+        ),
+        "forwarded-total": Target(
+            st.tuples(parsers.peer_address, parsers.forwarded_value, parsers.forwarded_value),
+            lambda stats, p, f, x: parsers.check_forwarded_total(p, f, x),
+        ),
+    }
+)
 
 
 # Seed files: bytes as latin-1 text, so that a seed stays readable in a diff.

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import activation
 from .config import KIB, Config, Limits, Timeouts
 from .reactor import Server
 from .upload import remove_stale_temps
@@ -52,6 +53,15 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for the CPUs this process may use."""
+    if text == "auto":
+        from .supervisor import cpu_count
+
+        return cpu_count()
+    return positive_int(text)
 
 
 def seconds(text: str) -> float:
@@ -103,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--root", default=".", help="directory to serve (default: .)")
     p.add_argument("-b", "--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--read-only", action="store_true", help="refuse PUT (405)")
+    p.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="processes serving the same port (auto: one per CPU; default 1); SIGHUP reloads",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-request-line",
@@ -294,8 +311,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
     try:
+        passed = [p.sock for p in activation.listen_fds()]
+    except activation.ActivationError as exc:
+        print(f"evloop_httpd: socket activation: {exc}", file=sys.stderr)
+        return 1
+    if passed:
+        where = ", ".join(activation.describe(s) for s in passed)
+        print(f"socket activation: serving {where}; -p/--port and -b/--bind are ignored")
+    if args.workers > 1:
+        from . import supervisor
+
+        try:
+            listeners = supervisor.listeners_for(config, args.workers, passed)
+        except OSError as exc:
+            print(
+                f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        address = listeners[0][0].getsockname()
+        print(
+            f"Serving {config.root} on {url_for(address)} with {args.workers} workers", flush=True
+        )
+        return supervisor.run(config, listeners)
+    try:
         server = Server(config)
-        address = server.bind()
+        address = server.adopt(passed) if passed else server.bind()
     except OSError as exc:
         print(f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1

@@ -79,7 +79,6 @@ _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _MAX_SHARED_HOSTS = 4096
 _BODYLESS = (b"GET ", b"HEAD ")
-_LISTENER = object()
 _WAKER = object()
 S = ConnState
 
@@ -105,16 +104,28 @@ def more_follows(conn: Connection) -> bool:
     return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
 
 
+class _Listening:
+    """A listening socket and the local address its connections get (unless a wildcard)."""
+
+    __slots__ = ("address", "sock", "wildcard")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.address: tuple = sock.getsockname()
+        self.wildcard = self.address[0] in ("0.0.0.0", "::")
+
+
 class Server:
-    """Listens on one address and serves connections until :meth:`request_stop`."""
+    """Listens on one address (or adopts listening sockets) and serves connections until
+    :meth:`request_stop`."""
 
     def __init__(self, config: Config, logs: Logs | None = None) -> None:
         self.config = config
         self.logs = logs if logs is not None else Logs(config)
         self.ctx = Context(config, self.logs)
         self.sel = selectors.DefaultSelector()
-        self.listener: socket.socket | None = None
-        self.address: tuple = ("", 0)
+        self.listeners: list[_Listening] = []
+        self.address: tuple = ("", 0)  # the first listener's
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
         self._ids = itertools.count(1)
@@ -123,7 +134,6 @@ class Server:
         self._accept_resume_at: float | None = None
         self._stop_requested = False
         self._shutdown_deadline: float | None = None
-        self._local_is_wildcard = False
         self._waker_r, self._waker_w = socket.socketpair()
         for s in (self._waker_r, self._waker_w):
             s.setblocking(False)
@@ -147,9 +157,16 @@ class Server:
         except OSError:
             sock.close()
             raise
-        self.listener = sock
-        self.address = sock.getsockname()
-        self._local_is_wildcard = self.address[0] in ("0.0.0.0", "::")
+        return self.adopt([sock])
+
+    def adopt(self, socks: list[socket.socket]) -> tuple:
+        """Serve listening sockets made elsewhere (systemd, or a supervisor sharing them among
+        workers) instead of binding. Returns the first one's address. They are closed on stop:
+        in a worker that closes only its own copy, and the queue stays with the others."""
+        for sock in socks:
+            sock.setblocking(False)
+            self.listeners.append(_Listening(sock))
+        self.address = self.listeners[0].address
         self._resume_accepting()
         return self.address
 
@@ -168,10 +185,7 @@ class Server:
             if isinstance(key.data, Connection):
                 key.data.abort()
                 self._close(key.data)
-        self._stop_accepting()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         self.sel.unregister(self._waker_r)
         self._waker_r.close()
         self._waker_w.close()
@@ -196,8 +210,8 @@ class Server:
                 self.ctx.date.update(time.time())
                 for key, mask in events:
                     data = key.data
-                    if data is _LISTENER:
-                        self._accept(now)
+                    if data.__class__ is _Listening:
+                        self._accept(data, now)
                     elif data is _WAKER:
                         self._drain_waker()
                     else:
@@ -230,9 +244,8 @@ class Server:
 
     # Accepting
 
-    def _accept(self, now: float) -> None:
-        listener = self.listener
-        assert listener is not None
+    def _accept(self, listening: _Listening, now: float) -> None:
+        listener = listening.sock
         for _ in range(ACCEPT_BATCH):
             if self.count >= self.config.max_connections:
                 self.logs.debug("connection cap reached; pausing accept")
@@ -251,13 +264,13 @@ class Server:
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            self._add(sock, addr, now)
+            self._add(sock, addr, listening, now)
 
-    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
+    def _add(self, sock: socket.socket, addr: tuple, listening: _Listening, now: float) -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            local = sock.getsockname() if self._local_is_wildcard else self.address
+            local = sock.getsockname() if listening.wildcard else listening.address
         except OSError:
             sock.close()
             return
@@ -278,15 +291,23 @@ class Server:
             self.logs.debug(f"#{conn.ident} accepted from {addr[0]}:{addr[1]}")
 
     def _stop_accepting(self) -> None:
-        if self._accepting and self.listener is not None:
-            self.sel.unregister(self.listener)
+        if self._accepting:
+            for listening in self.listeners:
+                self.sel.unregister(listening.sock)
             self._accepting = False
 
     def _resume_accepting(self) -> None:
         self._accept_resume_at = None
-        if not self._accepting and self.listener is not None and self._shutdown_deadline is None:
-            self.sel.register(self.listener, selectors.EVENT_READ, _LISTENER)
+        if not self._accepting and self.listeners and self._shutdown_deadline is None:
+            for listening in self.listeners:
+                self.sel.register(listening.sock, selectors.EVENT_READ, listening)
             self._accepting = True
+
+    def _close_listeners(self) -> None:
+        self._stop_accepting()
+        for listening in self.listeners:
+            listening.sock.close()
+        self.listeners.clear()
 
     # Serving one connection
 
@@ -496,21 +517,31 @@ class Server:
     def _begin_shutdown(self, now: float) -> None:
         self._shutdown_deadline = now + self.config.timeouts.shutdown_s
         self.ctx.stopping = True
-        self._stop_accepting()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         for key in list(self.sel.get_map().values()):
             conn = key.data
             if not isinstance(conn, Connection):
                 continue
             # Nothing promised yet (idle, or still sending us a request): drop. A half-received
-            # PUT is aborted, which removes its temp file.
+            # PUT is aborted, which removes its temp file. But a request that has arrived whole
+            # in the kernel and not been read yet (just accepted, or the next on a keep-alive
+            # connection) is served, with Connection: close: its client did nothing wrong, and
+            # on a reload (see supervisor.py) dropping it would fail a request.
             if not conn.pending and conn.state in (
                 S.READING_HEADERS,
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):
+                if conn.state is S.READING_HEADERS and not conn.inbuf and self._input_waits(conn):
+                    continue
                 conn.abort()
                 self._close(conn)
         self.logs.flush()
+
+    @staticmethod
+    def _input_waits(conn: Connection) -> bool:
+        sock: socket.socket = conn.sock  # type: ignore[assignment]
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False  # nothing yet (EAGAIN), or reset: nothing to serve

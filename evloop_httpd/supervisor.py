@@ -201,6 +201,7 @@ class Supervisor:
                     s.current is not None and s.current.ready for s in self.slots
                 ):
                     self._started_up = True
+                    self.say(f"{len(self.slots)} workers ready")
                 if self._stopping == 0:
                     self._restart_due(time.monotonic())
         finally:

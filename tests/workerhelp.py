@@ -32,6 +32,7 @@ class WorkerServer:
         env: dict[str, str] | None = None,
         argv: list[str] | None = None,
         err_pipe: bool = False,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.out_path, self.err_path = tmp / "server.out", tmp / "server.err"
         cmd = argv if argv is not None else [sys.executable, "-m", "evloop_httpd", *args]
@@ -44,6 +45,7 @@ class WorkerServer:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
+                pass_fds=pass_fds,
             )
         self.port = 0
 

@@ -177,3 +177,73 @@ class Load:
         for t in self._threads:
             t.join(DEADLINE_S)
         assert not any(t.is_alive() for t in self._threads)
+
+
+class KeepAliveLoad(Load):
+    """Like :class:`Load`, but each client keeps one connection for many requests, as browsers
+    and HTTP libraries do, and retries a request once on a new connection when a *reused*
+    connection ends before any byte of the response: the retry RFC 9112 §9.3.1 allows for an
+    idempotent request, which covers a server closing an idle connection as the request left.
+    ``retries`` counts them; anything else is a failure."""
+
+    retries: int = 0
+
+    def _run(self) -> None:
+        sock: socket.socket | None = None
+        for _ in range(self.max_requests):
+            if self._stop.is_set():
+                break
+            started = time.monotonic()
+            error = None
+            for attempt in (1, 2):
+                reused = sock is not None
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", self.port), DEADLINE_S)
+                progress: list[bytes] = []  # response bytes seen, if any
+                try:
+                    body, keep = _keepalive_get(sock, self.path, progress)
+                except OSError as exc:
+                    sock.close()
+                    sock = None
+                    error = repr(exc)
+                    if reused and not progress and attempt == 1:
+                        with self._lock:
+                            self.retries += 1
+                        continue
+                    break
+                error = None if body == self.expect else "wrong body"
+                if not keep:
+                    sock.close()
+                    sock = None
+                break
+            with self._lock:
+                if error is None:
+                    self.ok += 1
+                else:
+                    self.failures.append((started, error))
+        if sock is not None:
+            sock.close()
+
+
+def _keepalive_get(sock: socket.socket, path: str, progress: list[bytes]) -> tuple[bytes, bool]:
+    """One GET on a kept-alive connection: (body, whether the server keeps the connection).
+    Appends to ``progress`` as response bytes come. Raises OSError if the response is cut."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    data = bytearray()
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed before a whole response head")
+        progress.append(chunk[:1])
+        data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise ConnectionError(f"bad response: {head[:80]!r}")
+    length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+    rest = bytearray(body)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"short body: {len(rest)} of {length}")
+        rest += chunk
+    return bytes(rest), b"connection: close" not in head.lower()

@@ -36,6 +36,11 @@ descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients w
 kernel's backlog until a connection closes (or, for EMFILE, a short back-off passes), instead of
 the loop spinning on a listener it cannot serve.
 
+Listening sockets are bound here (:meth:`Server.bind`) or handed over (:meth:`Server.adopt`:
+systemd's, or the supervisor's shared among workers); there may be several. On a graceful stop
+the loop closes its listeners, drops connections that were promised nothing, but serves a
+request already waiting in the kernel: a reload must not fail it (see supervisor.py).
+
 Errors: ``EAGAIN`` means wait. A reset or broken pipe aborts that connection, logged at debug
 level. Exceptions inside a connection's HTTP logic are caught by the connection; anything that
 still escapes while serving one socket is a bug, logged, and only that connection is dropped.
@@ -105,14 +110,12 @@ def more_follows(conn: Connection) -> bool:
 
 
 class _Listening:
-    """A listening socket and the local address its connections get (unless a wildcard)."""
+    """A listening socket, as the selector's data for it."""
 
-    __slots__ = ("address", "sock", "wildcard")
+    __slots__ = ("sock",)
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.address: tuple = sock.getsockname()
-        self.wildcard = self.address[0] in ("0.0.0.0", "::")
 
 
 class Server:
@@ -126,6 +129,7 @@ class Server:
         self.sel = selectors.DefaultSelector()
         self.listeners: list[_Listening] = []
         self.address: tuple = ("", 0)  # the first listener's
+        self._ask_local = False  # a wildcard address or several listeners: getsockname each
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
         self._ids = itertools.count(1)
@@ -166,7 +170,10 @@ class Server:
         for sock in socks:
             sock.setblocking(False)
             self.listeners.append(_Listening(sock))
-        self.address = self.listeners[0].address
+        self.address = self.listeners[0].sock.getsockname()
+        # A connection's local address is the listener's, unless that is a wildcard or there
+        # are several listeners: then ask each accepted socket.
+        self._ask_local = len(self.listeners) > 1 or self.address[0] in ("0.0.0.0", "::")
         self._resume_accepting()
         return self.address
 
@@ -264,13 +271,13 @@ class Server:
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            self._add(sock, addr, listening, now)
+            self._add(sock, addr, now)
 
-    def _add(self, sock: socket.socket, addr: tuple, listening: _Listening, now: float) -> None:
+    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            local = sock.getsockname() if listening.wildcard else listening.address
+            local = sock.getsockname() if self._ask_local else self.address
         except OSError:
             sock.close()
             return

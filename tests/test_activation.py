@@ -108,6 +108,7 @@ def launch(
 ) -> tuple[WorkerServer, list[int]]:
     # -p/-b name an address nothing listens on: they must be ignored.
     args = ["-d", str(root), "-q", "-p", "1", "-b", "127.0.0.2", "--workers", str(workers)]
+    args += ["--stats-csv", str(tmp / "stats.csv")]
     names = ":".join(["web", "alt"][:count])
     if launcher == "faked":
         socks = listening(count)
@@ -156,6 +157,9 @@ def test_serves_the_passed_sockets_instead_of_binding(
         assert wait_until(lambda: "2 workers ready" in srv.err())
     srv.signal(signal.SIGTERM)
     assert srv.wait(DEADLINE_S) == 0, srv.err()
+    # Each request is logged with the address of the socket it came in on.
+    rows = (tmp_path / "stats.csv").read_text().splitlines()[1:]
+    assert sorted(int(r.split(",")[1]) for r in rows) == sorted(ports * 3)
 
 
 def test_a_passed_socket_that_is_not_listening_is_refused(

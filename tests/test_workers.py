@@ -170,6 +170,43 @@ def test_sigterm_drains_in_flight_responses_then_exits_0(root: Path, tmp_path: P
             fetch(port, "/small.txt")
 
 
+def test_sigterm_to_the_whole_group_still_drains(root: Path, tmp_path: Path) -> None:
+    # systemd's default KillMode=control-group signals every process: the worker then gets
+    # SIGTERM twice (from systemd and from the parent), which must still mean "drain".
+    args = ("-p", "0", "-d", str(root), "--workers", "2", "-q", "--shutdown-timeout", "30")
+    with worker_server(tmp_path, *args) as srv:
+        port = srv.wait_serving()
+        srv.wait_workers(2)
+        with small_window(port) as s:
+            s.sendall(b"GET /big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            got = bytearray(s.recv(4096))
+            os.killpg(srv.proc.pid, signal.SIGTERM)
+            assert wait_until(lambda: "stopping the workers gracefully" in srv.err())
+            while chunk := s.recv(65536):
+                got += chunk
+        assert got.endswith(BIG)
+        assert srv.wait() == 0
+
+
+def test_a_worker_that_keeps_dying_is_restarted_with_a_back_off(root: Path, tmp_path: Path) -> None:
+    with worker_server(tmp_path, "-p", "0", "-d", str(root), "--workers", "2", "-q") as srv:
+        port = srv.wait_serving()
+        pids = set(srv.wait_workers(2))
+        victim = min(pids)
+        for _ in range(3):  # the same slot: each replacement killed as soon as it is there
+            os.kill(victim, signal.SIGKILL)
+            new = set(srv.wait_workers(2, exclude={victim}))
+            (victim,) = new - pids
+            pids = new
+        err = srv.err()
+        assert "restarting it at once" in err
+        assert "restarting it in 0.1 s (it keeps dying)" in err, err
+        assert "restarting it in 0.2 s (it keeps dying)" in err, err
+        assert fetch(port, "/small.txt") == b"small\n"
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0
+
+
 def test_a_second_ctrl_c_stops_at_once(root: Path, tmp_path: Path) -> None:
     args = ("-p", "0", "-d", str(root), "--workers", "2", "-q", "--shutdown-timeout", "60")
     with worker_server(tmp_path, *args) as srv:

@@ -75,6 +75,7 @@ PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
 STAGE_BYTES = 64 * 1024  # pipelined responses held back to go out in one send
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
+STOP_GRACE_S = 1.0  # on a stop, how long a just-accepted connection may take to send its request
 TIMER_SLACK = 64  # stale timer entries tolerated beyond two per open connection
 _SENDFILE_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
@@ -539,8 +540,15 @@ class Server:
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):
-                if conn.state is S.READING_HEADERS and not conn.inbuf and self._input_waits(conn):
-                    continue
+                if conn.state is S.READING_HEADERS and not conn.inbuf:
+                    if self._input_waits(conn):
+                        continue
+                    if now - conn.phase_start < STOP_GRACE_S:
+                        # Just accepted (or just answered): its client has probably sent, or is
+                        # about to send, a request. A moment to arrive, then a quiet close.
+                        conn.deadline = min(conn.deadline, now + STOP_GRACE_S)
+                        self._arm(conn)
+                        continue
                 conn.abort()
                 self._close(conn)
         self.logs.flush()

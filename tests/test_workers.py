@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from evloop_httpd import supervisor
+from evloop_httpd import reactor, supervisor
+from evloop_httpd.connection import Connection
 
-from .helpers import DEADLINE_S, wait_until
+from .helpers import DEADLINE_S, Client, running, wait_until
 from .workerhelp import KeepAliveLoad, Load, fetch, worker_server
 
 BIG = bytes(range(256)) * 4096 * 4  # 4 MiB: requests on it are in flight for a while
@@ -122,6 +123,38 @@ def test_reload_under_keep_alive_load_fails_no_request(root: Path, tmp_path: Pat
         assert load.failures == [], (load.failures[:3], load.retries)
         srv.signal(signal.SIGTERM)
         assert srv.wait() == 0
+
+
+def test_a_stop_serves_a_connection_accepted_just_before_it(root: Path) -> None:
+    # History: a stopping server dropped every connection that had not sent a request yet, so
+    # a client that had connected but not yet sent when a reload began got an empty reply.
+    with running(root) as srv, Client(srv.port, recv_size=4096) as c:
+        assert wait_until(lambda: srv.server.count == 1)  # accepted, nothing received
+        srv.server.request_stop()
+        assert wait_until(lambda: srv.server.ctx.stopping)
+        c.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = c.read_response()
+        assert reply.status == 200 and reply.body == b"small\n"
+        assert reply.header("Connection") == "close"
+        assert c.closed_by_peer()
+
+
+def test_a_stop_closes_a_long_idle_connection_at_once(root: Path) -> None:
+    with running(root) as srv, Client(srv.port, recv_size=4096) as c:
+        c.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert c.read_response().status == 200
+        assert wait_until(lambda: srv.server.count == 1)
+        # Idle for longer than the grace a just-used connection gets: dropped when stopping.
+        phase_start = next(
+            k.data.phase_start
+            for k in srv.server.sel.get_map().values()
+            if isinstance(k.data, Connection)
+        )
+        assert wait_until(lambda: time.monotonic() - phase_start > reactor.STOP_GRACE_S)
+        started = time.monotonic()
+        srv.server.request_stop()
+        assert c.closed_by_peer(timeout=reactor.STOP_GRACE_S / 2)
+        assert time.monotonic() - started < reactor.STOP_GRACE_S
 
 
 def test_a_reload_whose_workers_cannot_start_keeps_the_old_ones(root: Path, tmp_path: Path) -> None:

@@ -74,11 +74,18 @@ class WorkerServer:
         except OSError:
             return []
 
-    def wait_workers(self, count: int, exclude: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
-        assert wait_until(
-            lambda: len(self.workers()) == count and not exclude & set(self.workers())
-        ), (self.workers(), self.err())
-        return self.workers()
+    def wait_workers(
+        self, count: int, exclude: frozenset[int] | set[int] = frozenset()
+    ) -> list[int]:
+        """Until exactly ``count`` workers run, none of them in ``exclude``; returns them."""
+        seen: list[int] = []
+
+        def settled() -> bool:
+            seen[:] = self.workers()  # one read: the set must be checked and returned whole
+            return len(seen) == count and not exclude & set(seen)
+
+        assert wait_until(settled), (seen, self.err())
+        return list(seen)
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

@@ -197,8 +197,10 @@ class Supervisor:
                 self._wait()
                 self._handle_signals()
                 self._reap()
-                if not self._started_up and all(
-                    s.current is not None and s.current.ready for s in self.slots
+                if (
+                    not self._started_up
+                    and not self._stopping
+                    and all(s.current is not None and s.current.ready for s in self.slots)
                 ):
                     self._started_up = True
                     self.say(f"{len(self.slots)} workers ready")

@@ -184,6 +184,7 @@ def test_a_worker_failing_at_start_up_stops_the_server_with_status_1(
         assert srv.wait() == 1
         assert "while starting; stopping" in srv.err()
         assert "FileNotFoundError" in srv.err()
+        assert "workers ready" not in srv.err()
 
 
 def test_sigterm_drains_in_flight_responses_then_exits_0(root: Path, tmp_path: Path) -> None:

@@ -7,12 +7,14 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from evloop_httpd import reactor, supervisor
+from evloop_httpd import cli, reactor, supervisor
 from evloop_httpd.connection import Connection
 
 from .helpers import DEADLINE_S, Client, running, wait_until
@@ -300,6 +302,23 @@ def test_logs_of_all_workers_stay_whole_lines(root: Path, tmp_path: Path) -> Non
         rows = list(csv.reader(f))
     assert rows[0][0] == "server_ip" and all(r[0] != "server_ip" for r in rows[1:])
     assert len(rows) == 601 and all(len(r) == len(rows[0]) for r in rows)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_a_bad_worker_count_is_a_usage_error(value: str, root: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "evloop_httpd", "-d", str(root), "--workers", value],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
+    assert proc.returncode == 2 and "--workers" in proc.stderr
+
+
+def test_workers_auto_counts_the_cpus_this_process_may_use() -> None:
+    assert cli.worker_count("auto") == len(os.sched_getaffinity(0))
+    assert cli.worker_count("3") == 3
 
 
 def test_backoff_grows_only_for_a_worker_that_keeps_dying() -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__
+from . import __version__, activation
 from .auth import AccountFileError, is_loopback, load_accounts
 from .config import KIB, Config, Limits, Timeouts
 from .connection import Address
@@ -62,6 +62,15 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for the CPUs this process may use."""
+    if text == "auto":
+        from .supervisor import cpu_count
+
+        return cpu_count()
+    return positive_int(text)
 
 
 def seconds(text: str) -> float:
@@ -149,6 +158,13 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     )
     p.add_argument("-b", "--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--read-only", action="store_true", help="refuse PUT (405)")
+    p.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="processes serving the same port (auto: one per CPU; default 1); SIGHUP reloads",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-request-line",
@@ -408,6 +424,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
     try:
+        passed = [p.sock for p in activation.listen_fds()]
+    except activation.ActivationError as exc:
+        print(f"{parser.prog}: socket activation: {exc}", file=sys.stderr)
+        return 1
+    if passed:
+        where = ", ".join(activation.describe(s) for s in passed)
+        print(f"socket activation: serving {where}; -p/--port and -b/--bind are ignored")
+    try:
+        # Opened here, before any worker, so that a log file we cannot open is named as such
+        # (each worker opens its own later; the supervisor's parent serves no traffic).
         logs = Logs(config)
     except OSError as exc:
         logs_by_path = {
@@ -416,9 +442,26 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         }
         option = logs_by_path.get(exc.filename, "log")
         parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
+    if args.workers > 1:
+        from . import supervisor
+
+        logs.close()
+        try:
+            listeners = supervisor.listeners_for(config, args.workers, passed)
+        except OSError as exc:
+            print(
+                f"{parser.prog}: cannot listen on {config.host}:{config.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        address = listeners[0][0].getsockname()
+        print(
+            f"Serving {config.root} on {url_for(address)} with {args.workers} workers", flush=True
+        )
+        return supervisor.run(config, listeners)
     try:
         server = Server(config, logs)
-        address = server.bind()
+        address = server.adopt(passed) if passed else server.bind()
     except OSError as exc:
         where = f"{config.host}:{config.port}"
         print(f"{parser.prog}: cannot listen on {where}: {exc}", file=sys.stderr)

@@ -284,14 +284,16 @@ def os_error_to_http(exc: OSError) -> HttpError:
 
 
 def strong_etag(st: os.stat_result, coding: bytes = b"") -> bytes:
-    """A strong validator from identity, size and mtime in nanoseconds (stable across restarts).
+    """A strong validator from size and mtime in nanoseconds: stable across restarts and equal
+    on every replica that holds a copy made with its mtime (``rsync -a``, ``cp -p``), so a
+    client can switch servers behind a balancer. No inode: it differs per machine.
 
     A precompressed variant gets its sidecar's own stat plus its coding, so it never shares an
     ETag with the original or with another coding (RFC 9110 §8.8.3.3).
     """
     if coding:
-        return b'"%x-%x-%x-%s"' % (st.st_ino, st.st_size, st.st_mtime_ns, coding)
-    return b'"%x-%x-%x"' % (st.st_ino, st.st_size, st.st_mtime_ns)
+        return b'"%x-%x-%s"' % (st.st_size, st.st_mtime_ns, coding)
+    return b'"%x-%x"' % (st.st_size, st.st_mtime_ns)
 
 
 def sidecar(

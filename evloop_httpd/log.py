@@ -41,6 +41,17 @@ _CSV_HEADER = [
 _INTEREST_NAMES = {0: "none", 1: "read", 2: "write", 3: "read|write"}
 
 
+def _whole_lines(pending: bytearray) -> int:
+    """How much of ``pending`` to write at once: whole lines only, up to ``PIPE_BUF`` bytes (a
+    pipe takes that much atomically), or one longer line whole. So processes sharing a log
+    (``--workers``) never interleave mid-line: each line is in one ``write`` of its own
+    process. Only a line longer than PIPE_BUF, written to a pipe, can still be split."""
+    end = pending.rfind(b"\n", 0, select.PIPE_BUF) + 1
+    if end == 0:
+        end = pending.find(b"\n") + 1 or len(pending)
+    return end
+
+
 def _printable(raw: bytes) -> str:
     # Log lines must not let a client forge lines or terminal escapes.
     return raw.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
@@ -153,7 +164,7 @@ class _Sink:
                     note = f"evloop_httpd: a stalled log reader lost {self._dropped} bytes\n"
                     self._pending[:0] = note.encode()
                     self._dropped = 0
-                n = os.write(self._fd, self._pending[: select.PIPE_BUF])
+                n = os.write(self._fd, self._pending[: _whole_lines(self._pending)])
                 del self._pending[:n]
         except BlockingIOError:
             return
@@ -174,21 +185,23 @@ class _Sink:
 class Logs:
     """Implements the connection's ``Observer`` and the reactor's own messages."""
 
-    def __init__(self, config: Config, stderr: TextIO | None = None) -> None:
+    def __init__(
+        self, config: Config, stderr: TextIO | None = None, worker: int | None = None
+    ) -> None:
         err = stderr if stderr is not None else sys.stderr
         self._err = _Sink(err, owned=False)
         self._access = None if config.quiet else self._err
         self._trace = config.trace
+        self.worker = worker  # which worker this process is, with --workers; None: the only one
+        self._who = "" if worker is None else f" w{worker}"
         self._stamps: dict[str, tuple[int, str]] = {}
         self._csv: _Sink | None = None
         self._csv_rows = io.StringIO()
         self._csv_writer = csv.writer(self._csv_rows, lineterminator="\n")
         self._heads: _Sink | None = None
         if config.stats_csv is not None:
+            write_csv_header(config.stats_csv)
             self._csv = _open(config.stats_csv)
-            if config.stats_csv.stat().st_size == 0:
-                self._csv_writer.writerow(_CSV_HEADER)
-                self._take_csv()
         if config.response_log is not None:
             self._heads = _open(config.response_log)
 
@@ -197,7 +210,8 @@ class Logs:
     def transition(self, conn: Connection, old: ConnState, inp: Input, new: ConnState) -> None:
         interest = _INTEREST_NAMES[INTEREST[new]]
         self._err.add(
-            f"trace #{conn.ident} {old.name} --{inp.name}--> {new.name} (wait for {interest})\n"
+            f"trace{self._who} #{conn.ident} {old.name} --{inp.name}--> {new.name}"
+            f" (wait for {interest})\n"
         )
 
     def response_head(self, conn: Connection, head: bytes) -> None:
@@ -254,7 +268,7 @@ class Logs:
 
     def debug(self, text: str) -> None:
         if self._trace:
-            self._err.add(f"debug {text}\n")
+            self._err.add(f"debug{self._who} {text}\n")
 
     def flush(self) -> None:
         self._err.flush()
@@ -283,6 +297,13 @@ class Logs:
         self._csv.add(self._csv_rows.getvalue())
         self._csv_rows.seek(0)
         self._csv_rows.truncate()
+
+
+def write_csv_header(path: Path) -> None:
+    """Start a new or empty stats CSV with its header row (once, before workers fork)."""
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            csv.writer(f, lineterminator="\n").writerow(_CSV_HEADER)
 
 
 def _open(path: Path) -> _Sink:

@@ -52,6 +52,11 @@ descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients w
 kernel's backlog until a connection closes (or, for EMFILE, a short back-off passes), instead of
 the loop spinning on a listener it cannot serve.
 
+Listening sockets are bound here (:meth:`Server.bind`) or handed over (:meth:`Server.adopt`:
+systemd's, or the supervisor's shared among workers); there may be several. On a graceful stop
+the loop closes its listeners, drops connections that were promised nothing, but serves a
+request already waiting in the kernel: a reload must not fail it (see supervisor.py).
+
 Errors: ``EAGAIN`` means wait. A reset or broken pipe aborts that connection, logged at debug
 level. Exceptions inside a connection's HTTP logic are caught by the connection; anything that
 still escapes while serving one socket is a bug, logged, and only that connection is dropped.
@@ -89,6 +94,7 @@ WORK_BUDGET_S = 0.002
 STAGE_BYTES = 64 * 1024  # pipelined responses held back to go out in one send
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
+STOP_GRACE_S = 1.0  # on a stop, how long a just-accepted connection may take to send its request
 TIMER_SLACK = 64  # stale timer entries tolerated beyond two per open connection
 _SENDFILE_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
@@ -98,7 +104,6 @@ _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _MAX_SHARED_HOSTS = 4096
 _BODYLESS = (b"GET ", b"HEAD ")
-_LISTENER = object()
 _WAKER = object()
 _GATE = object()
 S = ConnState
@@ -133,16 +138,27 @@ def more_follows(conn: Connection) -> bool:
     return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
 
 
+class _Listening:
+    """A listening socket, as the selector's data for it."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
 class Server:
-    """Listens on one address and serves connections until :meth:`request_stop`."""
+    """Listens on one address (or adopts listening sockets) and serves connections until
+    :meth:`request_stop`."""
 
     def __init__(self, config: Config, logs: Logs | None = None) -> None:
         self.config = config
         self.logs = logs if logs is not None else Logs(config)
         self.ctx = Context(config, self.logs)
         self.sel = selectors.DefaultSelector()
-        self.listener: socket.socket | None = None
-        self.address: Address = ("", 0)
+        self.listeners: list[_Listening] = []
+        self.address: Address = ("", 0)  # the first listener's
+        self._ask_local = False  # a wildcard address or several listeners: getsockname each
         self.count = 0  # open connections
         self._timers: list[tuple[float, int, Connection]] = []
         self._ids = itertools.count(1)
@@ -151,7 +167,6 @@ class Server:
         self._accept_resume_at: float | None = None
         self._stop_requested = False
         self._shutdown_deadline: float | None = None
-        self._local_is_wildcard = False
         self._work_until = 0.0  # perf_counter() past which this turn starts no new request
         self.ctx.may_start = self._within_budget
         self._waker_r, self._waker_w = socket.socketpair()
@@ -182,9 +197,19 @@ class Server:
         except OSError:
             sock.close()
             raise
-        self.listener = sock
-        self.address = sock.getsockname()
-        self._local_is_wildcard = self.address[0] in ("0.0.0.0", "::")
+        return self.adopt([sock])
+
+    def adopt(self, socks: list[socket.socket]) -> Address:
+        """Serve listening sockets made elsewhere (systemd, or a supervisor sharing them among
+        workers) instead of binding. Returns the first one's address. They are closed on stop:
+        in a worker that closes only its own copy, and the queue stays with the others."""
+        for sock in socks:
+            sock.setblocking(False)
+            self.listeners.append(_Listening(sock))
+        self.address = self.listeners[0].sock.getsockname()
+        # A connection's local address is the listener's, unless that is a wildcard or there
+        # are several listeners: then ask each accepted socket.
+        self._ask_local = len(self.listeners) > 1 or self.address[0] in ("0.0.0.0", "::")
         self._resume_accepting()
         return self.address
 
@@ -203,10 +228,7 @@ class Server:
             if isinstance(key.data, Connection):
                 key.data.abort()
                 self._close(key.data)
-        self._stop_accepting()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         self.sel.unregister(self._waker_r)
         self._waker_r.close()
         if self.ctx.gate is not None:
@@ -235,8 +257,8 @@ class Server:
                 self.ctx.date.update(time.time())
                 for key, mask in events:
                     data = key.data
-                    if data is _LISTENER:
-                        self._accept(now)
+                    if data.__class__ is _Listening:
+                        self._accept(data, now)
                     elif data is _WAKER:
                         self._drain_waker()
                     elif data is _GATE:
@@ -282,18 +304,17 @@ class Server:
 
     # Accepting
 
-    def _accept(self, now: float) -> None:
+    def _accept(self, listening: _Listening, now: float) -> None:
         # The new connections get their first turn after the batch, not each as it comes: a
         # client quick enough to reconnect within our turn would otherwise keep us in this
         # loop for the whole batch, with the others' turns (and their closes) waiting.
-        fresh = self._accept_batch(now)
+        fresh = self._accept_batch(listening, now)
         for conn in fresh:
             if conn.sock is not None:
                 self._step(conn, now, read=True)
 
-    def _accept_batch(self, now: float) -> list[Connection]:
-        listener = self.listener
-        assert listener is not None
+    def _accept_batch(self, listening: _Listening, now: float) -> list[Connection]:
+        listener = listening.sock
         fresh: list[Connection] = []
         for _ in range(ACCEPT_BATCH):
             if self.count >= self.config.max_connections:
@@ -322,7 +343,7 @@ class Server:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            local = sock.getsockname() if self._local_is_wildcard else self.address
+            local = sock.getsockname() if self._ask_local else self.address
         except OSError:
             sock.close()
             return None
@@ -344,15 +365,23 @@ class Server:
         return conn
 
     def _stop_accepting(self) -> None:
-        if self._accepting and self.listener is not None:
-            self.sel.unregister(self.listener)
+        if self._accepting:
+            for listening in self.listeners:
+                self.sel.unregister(listening.sock)
             self._accepting = False
 
     def _resume_accepting(self) -> None:
         self._accept_resume_at = None
-        if not self._accepting and self.listener is not None and self._shutdown_deadline is None:
-            self.sel.register(self.listener, selectors.EVENT_READ, _LISTENER)
+        if not self._accepting and self.listeners and self._shutdown_deadline is None:
+            for listening in self.listeners:
+                self.sel.register(listening.sock, selectors.EVENT_READ, listening)
             self._accepting = True
+
+    def _close_listeners(self) -> None:
+        self._stop_accepting()
+        for listening in self.listeners:
+            listening.sock.close()
+        self.listeners.clear()
 
     # Serving one connection
 
@@ -578,29 +607,55 @@ class Server:
     def _begin_shutdown(self, now: float) -> None:
         self._shutdown_deadline = now + self.config.timeouts.shutdown_s
         self.ctx.stopping = True
-        self._stop_accepting()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
+        waiting = 0  # connections given a moment for a request that may be on its way
         for key in list(self.sel.get_map().values()):
             conn = key.data
             if not isinstance(conn, Connection):
                 continue
             # Nothing promised yet (idle, or still sending us a request): drop. A half-received
-            # PUT is aborted, which removes its temp file.
+            # PUT is aborted, which removes its temp file. But a request that has arrived whole
+            # in the kernel and not been read yet (just accepted, or the next on a keep-alive
+            # connection) is served, with Connection: close: its client did nothing wrong, and
+            # on a reload (see supervisor.py) dropping it would fail a request.
             if not conn.pending and conn.state in (
                 S.READING_HEADERS,
                 S.AUTHENTICATING,
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):
+                if conn.state is S.READING_HEADERS and not conn.inbuf:
+                    if self._input_waits(conn):
+                        continue
+                    if now - conn.phase_start < STOP_GRACE_S:
+                        # Just accepted (or just answered): its client has probably sent, or is
+                        # about to send, a request. A moment to arrive, then a quiet close.
+                        conn.deadline = min(conn.deadline, now + STOP_GRACE_S)
+                        self._arm(conn)
+                        waiting += 1
+                        continue
                 conn.abort()
                 self._close(conn)
-        if self.count:
+        # What a person who pressed Ctrl+C wants to know. A worker stays quiet: its supervisor
+        # speaks for all of them, once. Connections in the short grace for a request about to
+        # arrive are not transfers: they close quietly within STOP_GRACE_S.
+        in_flight = self.count - waiting
+        if self.logs.worker is not None:
+            pass
+        elif in_flight:
             self.logs.info(
                 f"stopping: waiting up to {self.config.timeouts.shutdown_s:g} s for"
-                f" {self.count} transfer(s) in flight; a second Ctrl+C stops at once"
+                f" {in_flight} transfer(s) in flight; a second Ctrl+C stops at once"
             )
         else:
             self.logs.info("stopping: no transfer in flight")
         self.logs.flush()
+
+    @staticmethod
+    def _input_waits(conn: Connection) -> bool:
+        sock = conn.sock
+        assert sock is not None  # only open connections are asked
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False  # nothing yet (EAGAIN), or reset: nothing to serve

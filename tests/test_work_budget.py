@@ -151,7 +151,7 @@ def test_a_request_that_came_with_the_handshake_is_answered_at_accept(server: Se
     server.bind()
     client = socket.create_connection(server.address[:2], timeout=DEADLINE_S)
     client.sendall(get("/a.txt"))  # loopback: in the server's receive queue when this returns
-    server._accept(0.0)
+    server._accept(server.listeners[0], 0.0)
     client.setblocking(False)
     reply = client.recv(65536)  # no wait: the answer must already be here
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n") and reply.endswith(b"A" * 1000)

@@ -239,3 +239,32 @@ def test_concatenated_texts_repeat_families_but_merged_ones_do_not() -> None:
     merged = names(merge_texts([a, b]))
     assert merged.count("evloop_httpd_timers_pending") == 1 and len(merged) == len(set(merged))
     assert len(_families(merge_texts([a, b]))["evloop_httpd_timers_pending"]) == 2
+
+
+def test_snapshot_of_describes_only_the_rows_it_shows() -> None:
+    # The loop's entry point: formatting 10,000 rows would cost more than all the rest.
+    from evloop_httpd.states import ConnState
+    from evloop_httpd.status import snapshot_of
+
+    conns = [(i, ConnState.READING_HEADERS if i % 10 else ConnState.READING_BODY, 100.0 - i)
+             for i in range(1000)]  # fmt: skip
+    described: list[int] = []
+
+    def describe(c: tuple[int, ConnState, float]) -> ConnRow:
+        described.append(c[0])
+        return row(c[0], c[1].name, age=T0 - c[2])
+
+    snap = snapshot_of(
+        StatsCollector(T0),
+        conns,
+        T0,
+        0.0,
+        0,
+        state_of=lambda c: c[1],
+        rank=lambda c: (c[1] is ConnState.READING_HEADERS, c[2]),
+        describe=describe,
+        max_rows=5,
+    )
+    assert described == [990, 980, 970, 960, 950]  # busy (READING_BODY) ones, oldest first
+    assert snap.by_state == {"READING_HEADERS": 900, "READING_BODY": 100}
+    assert snap.open_connections == 1000 and snap.left_out == 995

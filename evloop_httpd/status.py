@@ -186,6 +186,10 @@ class StatsCollector:
             slowest.append(self._ring_max[i] if fresh else 0.0)
         return tuple(requests), tuple(slowest)
 
+    def histogram(self) -> tuple[int, ...]:
+        """Iterations per bucket of ITERATION_BUCKETS_S, then +Inf (not cumulative)."""
+        return tuple(self._hist)
+
     def by_class(self) -> dict[str, int]:
         # Statuses outside 100-599 never leave this server; were one counted, it is a bug, and
         # it is shown as "other" rather than hidden.
@@ -270,7 +274,7 @@ def snapshot_of(
         bytes_served=stats.bytes_served,
         iterations=stats.iterations,
         ready_events=stats.ready_events,
-        iteration_counts=tuple(stats._hist),
+        iteration_counts=stats.histogram(),
         iteration_sum_s=stats.iteration_sum_s,
         timers_pending=timers_pending,
         requests_per_second=requests,
@@ -340,7 +344,9 @@ def render_json(snap: Snapshot) -> bytes:
 
 def merge_snapshots(snaps: Sequence[Snapshot], max_rows: int = MAX_ROWS) -> Snapshot:
     """Several workers' snapshots as one: counters and histograms added, the most interesting
-    ``max_rows`` rows across all of them kept. The worker becomes their names joined by ","."""
+    ``max_rows`` rows across all of them kept. The worker becomes their names joined by ",".
+    The 60-second rings are added second by second, so the snapshots should be taken in the
+    same second (as one scrape of every worker is)."""
     if not snaps:
         raise ValueError("no snapshot to merge")
     by_state: dict[str, int] = {}

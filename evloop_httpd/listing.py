@@ -13,12 +13,17 @@ that bound is on the work (one ``stat`` per entry, then the render), not just on
 
 :func:`render_html` and :func:`render_json` are pure: names are HTML-escaped for display and
 percent-encoded for links (relative links, which is right because a listing URL always ends in
-``/``). Entries are sorted folders first, then by name, so the output is deterministic.
+``/``). Entries are sorted folders first, then by the :class:`View` the query asks for
+(:func:`parse_view`: name, size or date, either way; ties by name), so the output is
+deterministic. The HTML page's CSS and script are constants from :mod:`listing_assets`, which
+also holds the Content-Security-Policy naming them by hash; no name is ever written into them.
 
 :class:`ListingCache` keeps rendered pages, keyed on the folder's identity (device, inode,
-mtime and ctime in ns: adding, removing or renaming an entry changes the mtime), the format and
-the URL path, for at most ``MAX_AGE_S``, since a file's own size or date changing in place does
-not touch its folder. Repeats, HEADs and 304s within that time cost one ``fstat`` of the folder.
+mtime and ctime in ns: adding, removing or renaming an entry changes the mtime), the format,
+the URL path, the view (never the raw query, which a client can vary at will) and whether the
+page has the upload form, for at most ``MAX_AGE_S``, since a file's own size or date changing
+in place does not touch its folder. Repeats, HEADs and 304s within that time cost one ``fstat``
+of the folder.
 """
 
 from __future__ import annotations

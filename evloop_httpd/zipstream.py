@@ -78,7 +78,7 @@ MAX_CENTRAL_BYTES = 16 * 1024 * 1024
 MAX_DEPTH = 64  # folders deep; 2 descriptors each while the walk is inside them
 # Entries looked at per call: about 5-10 us each (an open and fstat for what goes in), so a
 # call of skipped entries costs a few ms at most, like a listing build (listing.MAX_SCANNED).
-MAX_SCANNED_PER_CHUNK = 256
+MAX_SCANNED_PER_CHUNK = 128
 READ_BYTES = 1024 * 1024  # largest single pread
 
 _LOCAL_SIG = 0x04034B50

@@ -106,11 +106,17 @@ def _too_large(detail: str) -> HttpError:
 
 def dos_datetime(mtime: float) -> tuple[int, int]:
     """(time, date) in MS-DOS form, local time as unzip reads it; clamped to 1980-2107."""
-    t = time.localtime(mtime)
+    earliest = 0, (1 << 5) | 1  # 1980-01-01 00:00:00
+    latest = (23 << 11) | (59 << 5) | 29, (127 << 9) | (12 << 5) | 31  # 2107-12-31 23:59:58
+    try:
+        t = time.localtime(mtime)
+    except (OverflowError, OSError, ValueError):
+        # tmpfs and btrfs take any 64-bit mtime, far outside what localtime can show.
+        return earliest if mtime < 0 else latest
     if t.tm_year < 1980:
-        return 0, (1 << 5) | 1  # 1980-01-01 00:00
+        return earliest
     if t.tm_year > 2107:
-        return (23 << 11) | (59 << 5) | 29, (127 << 9) | (12 << 5) | 31
+        return latest
     return (
         (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
         ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday,

@@ -9,6 +9,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -255,3 +256,23 @@ def test_modes_keep_permission_bits_only(tmp_path: Path) -> None:
     os.chmod(root / "tool", 0o4755)  # set-user-ID: must not travel
     info = zipfile.ZipFile(io.BytesIO(stream_of(root))).getinfo("tool")
     assert info.external_attr >> 16 == stat.S_IFREG | 0o755
+
+
+def test_dates_outside_what_zip_can_show_are_clamped(tmp_path: Path) -> None:
+    # History: an mtime localtime() cannot take (tmpfs stores any 64-bit one) raised OSError
+    # from next_chunk, so such a file would have broken the whole download.
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else str(tmp_path)
+    with tempfile.TemporaryDirectory(dir=base) as d:
+        root = Path(d)
+        dates = {"old": -(2.0**62), "1970": 0.0, "far": 2.0**62, "now": 1_700_000_000.0}
+        for name, seconds in dates.items():
+            (root / name).write_bytes(name.encode())
+            os.utime(root / name, (seconds, seconds))
+        if base == "/dev/shm":
+            assert os.stat(root / "far").st_mtime == 2.0**62  # really out of localtime's reach
+        archive = stream_of(root)
+    assert contents(archive) == {n: n.encode() for n in dates}
+    zf = zipfile.ZipFile(io.BytesIO(archive))
+    years = {i.filename: i.date_time[0] for i in zf.infolist()}
+    assert years["old"] == years["1970"] == 1980 and years["far"] == 2107
+    assert years["now"] == 2023

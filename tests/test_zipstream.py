@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd.errors import HttpError
-from evloop_httpd.files import UPLOAD_PREFIX, UPLOAD_SUFFIX
+from evloop_httpd.files import UPLOAD_PREFIX, UPLOAD_SUFFIX, locate
 from evloop_httpd.zipstream import MAX_SCANNED_PER_CHUNK, ZipStream
 
 UNZIP = shutil.which("unzip")  # Debian package unzip (.ci/run installs it)
@@ -276,3 +276,24 @@ def test_dates_outside_what_zip_can_show_are_clamped(tmp_path: Path) -> None:
     years = {i.filename: i.date_time[0] for i in zf.infolist()}
     assert years["old"] == years["1970"] == 1980 and years["far"] == 2107
     assert years["now"] == 2023
+
+
+def test_from_the_descriptor_the_handler_holds(tree: Path) -> None:
+    # The handler has the folder as files.locate's Found (O_PATH on Linux): that is enough.
+    found = locate(str(tree), str(tree / "a"), follow_symlinks=False)
+    try:
+        with ZipStream(found.fd, found.real, str(tree), prefix="a/") as z:
+            while not z.maybe_check():
+                pass
+            archive = b""
+            while not z.finished:
+                archive += z.next_chunk(1 << 16)
+    finally:
+        os.close(found.fd)
+    inside_a = {k: v for k, v in EXPECTED.items() if k.startswith("a/") and k != "a/"}
+    # a/loop leads to the root: inside it, so it is served, and so zipped; but the root's "a"
+    # is the folder being zipped, on the walk's stack, so it is not entered again.
+    via_loop = {"a/loop/" + k: v for k, v in EXPECTED.items() if not k.startswith("a/")} | {
+        "a/loop/": None
+    }
+    assert contents(archive) == inside_a | via_loop

@@ -356,8 +356,13 @@ def folder_key(st: os.stat_result) -> FolderKey:
 
 
 def page_key(
-    st: os.stat_result, is_json: bool, url_path: str, view: View, can_write: bool
+    st: os.stat_result,
+    is_json: bool,
+    url_path: str,
+    view: View | None = None,
+    can_write: bool = False,
 ) -> PageKey:
+    view = view or View()
     return (folder_key(st), is_json, url_path, view.sort, view.order, can_write)
 
 

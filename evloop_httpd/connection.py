@@ -5,18 +5,21 @@ Theory of operation
 A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
-connection. What the reactor should wait for is read off the state alone (``INTEREST``), so the
-reactor never has to reason about HTTP.
+connection. What the connection waits for is read off the state alone (``INTEREST``); the
+transport under it may wait for something else for a while (see :mod:`transport`).
 
-The reactor drives a connection through five calls, each given the current time:
+The connection is sans-IO. Its :class:`~evloop_httpd.transport.Transport` asks it what to send
+(:meth:`Connection.to_send`, then :meth:`Connection.file_span`) and drives it through these
+calls, each given the current time:
 
-* :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
-* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`;
-* :meth:`Connection.streamed` after ``sendfile`` moved ``n`` bytes of the file span;
-* :meth:`Connection.flushed` after ``send`` took ``n`` bytes the reactor had held back (bytes of
-  earlier pipelined responses, already counted as written, see :mod:`reactor`);
+* :meth:`Connection.receive` with bytes from the peer (``b""`` for end of stream);
+* :meth:`Connection.wrote` after the socket took ``n`` bytes of :meth:`Connection.to_send`;
+* :meth:`Connection.streamed` after ``n`` bytes of the file span went out;
+* :meth:`Connection.flushed` after the socket took ``n`` bytes the transport had held back
+  (bytes of earlier pipelined responses, already counted as written, see :mod:`transport`);
 * :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
   :meth:`Connection.check_delivery` while a response is being sent);
+* over TLS, :meth:`Connection.handshake_done` and :meth:`Connection.refuse_plain`;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
@@ -31,7 +34,7 @@ connection goes to LINGERING, where it only drains what the client still sends (
 does not turn into a reset that destroys the response) and never parses again.
 
 One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a response ends,
-the next one is parsed at once, without going back to the selector. The reactor does not read
+the next one is parsed at once, without going back to the selector. The transport does not read
 while a response is being written, so ``inbuf`` never holds more than the head limit plus one
 ``recv``: memory per connection is bounded whatever is sent or received.
 """
@@ -61,6 +64,25 @@ from .upload import Upload
 
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
+_BODYLESS = (b"GET ", b"HEAD ")
+
+
+def more_follows(conn: Connection) -> bool:
+    """Whether another response will be made right after this one without waiting for input.
+
+    True only when the next pipelined request is already whole in ``inbuf`` and is a GET or
+    HEAD (no body to wait for), and no file span follows this response.
+    """
+    inbuf = conn.inbuf
+    return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
+
+
+def _scheme_mismatch(raw_target: bytes, scheme: bytes) -> bool:
+    """An absolute-form target naming the other scheme than the connection's (RFC 9110 §7.4:
+    a request the server is not configured to answer on this connection; 421)."""
+    if raw_target[:1] == b"/" or b"://" not in raw_target[:8]:
+        return False
+    return raw_target.split(b"://", 1)[0].lower() != scheme
 
 
 def _names_head(inbuf: bytearray) -> bool:
@@ -82,14 +104,15 @@ class Observer(Protocol):
     def response_head(self, conn: Connection, head: bytes) -> None: ...
     def request_done(self, conn: Connection) -> None: ...
     def bug(self, conn: Connection, exc: BaseException) -> None: ...
+    def debug(self, text: str) -> None: ...
 
 
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("cache", "config", "date", "handler", "observer", "stopping", "trace")
+    __slots__ = ("cache", "config", "date", "handler", "observer", "scheme", "stopping", "trace")
 
-    def __init__(self, config: Config, observer: Observer) -> None:
+    def __init__(self, config: Config, observer: Observer, scheme: bytes = b"http") -> None:
         self.config = config
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
@@ -97,6 +120,7 @@ class Context:
         self.date = DateCache()
         self.stopping = False
         self.trace = config.trace
+        self.scheme = scheme  # every connection of a server has the same: one port, one scheme
 
 
 class Connection:
@@ -127,15 +151,8 @@ class Connection:
         "status",
         "trailer",
         "upload",
-        # The reactor's bookkeeping, kept here to save an object per connection. Nothing in
-        # this module reads them.
-        "events",
-        "pending",
-        "shut_wr",
-        "sock",
-        "timer_at",
-        "use_sendfile",
-        "reset",
+        # Flags that change how the connection ends on the wire; see states.py, "Flags".
+        "cut_short",
         "peer_done",
     )
 
@@ -146,6 +163,8 @@ class Connection:
         peer: tuple = ("", 0),
         local: tuple = ("", 0),
         ident: int = 0,
+        *,
+        handshake: bool = False,
     ) -> None:
         self.ctx = ctx
         self.state = S.READING_HEADERS
@@ -171,20 +190,41 @@ class Connection:
         self.peer = peer
         self.local = local
         self.ident = ident
-        self.sock: object = None
-        self.events = 0
-        self.pending: bytes | bytearray = b""
-        self.timer_at = float("inf")
-        self.shut_wr = False
-        self.use_sendfile = ctx.config.use_sendfile
-        self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
+        self.cut_short = False  # closed mid-response: the transport closes with RST, not FIN
         self.peer_done = False  # the client asked to close and sent nothing more
+        if handshake:
+            self.state = S.HANDSHAKING
+            self.deadline = now + ctx.config.timeouts.handshake_s
 
     @property
     def interest(self) -> int:
         return INTEREST[self.state]
 
-    # The four calls the reactor makes.
+    # What the transport asks.
+
+    def to_send(self) -> bytes | memoryview:
+        """What of the response's in-memory bytes (head, small body, a multipart boundary) is
+        still to go, or ``b""``."""
+        out = self.out
+        if not out or self.state not in MID_RESPONSE:
+            return b""
+        return memoryview(out)[self.out_pos :] if self.out_pos else out
+
+    def file_span(self) -> tuple[int, int, int] | None:
+        """``(fd, offset, count)`` of the file bytes to send next, once :meth:`to_send` is
+        empty; None when no file bytes are due."""
+        if self.state is S.STREAMING_FILE and not self.out and self.file_remaining > 0:
+            return self.file_fd, self.file_offset, self.file_remaining
+        return None
+
+    def response_follows(self) -> bool:
+        """Whether, once all of :meth:`to_send` is taken, the next response will be made at
+        once without waiting for input; the transport may then hold this one back and send
+        the batch in one call. Only for a whole, untouched in-memory response on a kept-alive
+        connection (see :func:`more_follows`)."""
+        return self.out_pos == 0 and self.keep_alive and more_follows(self)
+
+    # What the transport tells.
 
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer; ``b""`` means it closed its side."""
@@ -306,8 +346,27 @@ class Connection:
         else:
             self._fire(I.TIMEOUT)
 
+    def handshake_done(self, now: float) -> None:
+        """TLS: the handshake finished; HTTP may begin, with a fresh head deadline."""
+        if self.state is S.HANDSHAKING:
+            self._fire(I.HANDSHAKE_DONE)
+            self.deadline = now + self.ctx.config.timeouts.head_s
+
+    def refuse_plain(self, first_bytes: bytes, now: float) -> None:
+        """TLS: the client spoke plain HTTP to the TLS port. Answer it in plain text, as nginx
+        does, that this port wants https, then close: better than a silent reset or a hang."""
+        if self.state is not S.HANDSHAKING:
+            return
+        err = HttpError(
+            HTTPStatus.BAD_REQUEST,
+            "This port speaks HTTPS only: use an https:// URL.",
+            close=True,
+        )
+        resp = error_response(err, head_only=_names_head(bytearray(first_bytes)))
+        self._start_response(resp, now, I.PLAIN_HTTP, body_read=False)
+
     def drained(self) -> None:
-        """While LINGERING: the reactor found nothing unread, and the client had asked to close,
+        """While LINGERING: the transport found nothing unread, and the client had asked to close,
         so closing now cannot turn into a reset that destroys the response."""
         self._fire(I.DRAINED)
 
@@ -348,6 +407,11 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
+        if req.raw_target[:1] != b"/" and _scheme_mismatch(req.raw_target, ctx.scheme):
+            raise HttpError(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"this connection is {ctx.scheme.decode()}; the target names another scheme",
+            )
         cache = ctx.cache
         key = cache.key(req)
         plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
@@ -480,8 +544,8 @@ class Connection:
         self.state = new
         if new is S.CLOSED:
             # A response cut short must not look like a clean end of stream to the client, and
-            # its unsent bytes should not linger in the kernel: tell the reactor to reset.
-            self.reset = old in MID_RESPONSE or old is S.READING_BODY
+            # its unsent bytes should not linger in the kernel: tell the transport to reset.
+            self.cut_short = old in MID_RESPONSE or old is S.READING_BODY
             self._release()
         if self.ctx.trace:
             self.ctx.observer.transition(self, old, inp, new)

@@ -102,7 +102,7 @@ def test_interest_follows_state_alone() -> None:
 
 
 def test_every_state_is_reachable_and_can_close() -> None:
-    reachable = {S.READING_HEADERS}
+    reachable = {S.READING_HEADERS, S.HANDSHAKING}  # where plain and TLS connections start
     changed = True
     while changed:
         changed = False
@@ -313,7 +313,7 @@ def test_acknowledged_bytes_do_not_relax_the_average_rate(root: Path) -> None:
 
 
 def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
-    from evloop_httpd.reactor import more_follows
+    from evloop_httpd.connection import more_follows
 
     conn, _ = make(root)
     get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"

@@ -175,7 +175,9 @@ class Connection:
         self.file_fd = -1
         self.file_offset = 0
         self.file_remaining = 0
-        self.spans: list[tuple[bytes, int, int]] = []  # still to send, last first
+        # Still to send, last first. Idle connections share the empty tuple: an empty list
+        # of their own would cost 72 bytes each, 7% of an idle connection.
+        self.spans: list[tuple[bytes, int, int]] | tuple[()] = ()
         self.trailer = b""
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
@@ -552,8 +554,9 @@ class Connection:
 
     def _next_span(self) -> bool:
         """Queue the next span's prefix and file range (or the trailer). False when done."""
-        if self.spans:
-            prefix, self.file_offset, self.file_remaining = self.spans.pop()
+        spans = self.spans
+        if spans:
+            prefix, self.file_offset, self.file_remaining = spans.pop()  # type: ignore[union-attr]
         elif self.trailer:
             prefix, self.trailer = self.trailer, b""
         else:
@@ -567,7 +570,7 @@ class Connection:
             os.close(self.file_fd)
             self.file_fd = -1
         self.file_remaining = 0
-        self.spans = []
+        self.spans = ()
         self.trailer = b""
 
     def _release(self) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import KIB, Config, Limits, Timeouts
 from .reactor import Server
+from .tls import TlsSetupError
 from .upload import remove_stale_temps
 
 _SUFFIXES = {"": 1, "k": KIB, "m": KIB**2, "g": KIB**3}
@@ -204,6 +205,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="'NAME: VALUE'",
         help="add this header to every response (repeatable), e.g. 'Cache-Control: no-cache'",
     )
+    s = p.add_argument_group("HTTPS (the port then serves HTTPS only; SIGHUP reloads the files)")
+    s.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain")
+    s.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="FILE",
+        help="PEM private key (default: in the --tls-cert file)",
+    )
+    s.add_argument(
+        "--tls-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file whose first line is the private key's password",
+    )
+    s.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        default=tmo.handshake_s,
+        help="to finish the TLS handshake (default %(default)s)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--stats-csv", type=Path, help="append one CSV row per request to this file")
     o.add_argument("--response-log", type=Path, help="append each response head to this file")
@@ -226,7 +247,10 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         max_header_count=args.max_headers,
         max_upload_bytes=args.max_upload,
     )
+    if args.tls_cert is None and (args.tls_key or args.tls_password_file):
+        parser.error("--tls-key and --tls-password-file need --tls-cert")
     timeouts = Timeouts(
+        handshake_s=args.handshake_timeout,
         head_s=args.head_timeout,
         idle_s=args.idle_timeout,
         stall_s=args.stall_timeout,
@@ -254,12 +278,15 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         allow_delete=args.allow_delete,
         precompressed=not args.no_precompressed,
         extra_headers=tuple(args.headers),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_password_file=args.tls_password_file,
     )
 
 
-def url_for(address: tuple) -> str:
+def url_for(address: tuple, scheme: str = "http") -> str:
     host, port = address[0], address[1]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
 FD_RESERVE = 64  # descriptors beyond one per connection: files being sent, uploads, logs
@@ -295,11 +322,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
     try:
         server = Server(config)
+    except TlsSetupError as exc:
+        print(f"evloop_httpd: TLS: {exc}", file=sys.stderr)
+        return 2
+    try:
         address = server.bind()
     except OSError as exc:
         print(f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
-    print(f"Serving {config.root} on {url_for(address)}", flush=True)
+    scheme = server.ctx.scheme.decode()
+    print(f"Serving {config.root} on {url_for(address, scheme)}", flush=True)
 
     def stop(signum: int, _frame: object) -> None:
         if server.ctx.stopping:
@@ -308,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # SIGHUP re-reads the TLS certificate and key (new connections get them); without TLS it
+    # is ignored rather than left to kill the server.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: server.request_reload())
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     server.serve_forever()
     return 0

@@ -231,7 +231,9 @@ class Connection:
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer; ``b""`` means it closed its side."""
         state = self.state
-        if state is S.LINGERING:
+        if state is S.LINGERING or state is S.HANDSHAKING:
+            # LINGERING discards; HANDSHAKING is given only the end of stream (TLS bytes
+            # never reach HTTP).
             if not data:
                 self._fire(I.PEER_EOF)
             return

@@ -70,14 +70,14 @@ class Server:
 
     def __init__(self, config: Config, logs: Logs | None = None) -> None:
         self.config = config
-        self.logs = logs if logs is not None else Logs(config)
         # Over TLS, the port serves HTTPS only. A bad certificate raises TlsSetupError here,
-        # before anything listens.
+        # before anything is opened or listens.
         self.tls: ssl.SSLContext | None = None
         if config.tls_cert is not None:
             from .tls import make_context
 
             self.tls = make_context(config)
+        self.logs = logs if logs is not None else Logs(config)
         self.ctx = Context(config, self.logs, b"https" if self.tls else b"http")
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
@@ -181,9 +181,6 @@ class Server:
                 now = time.monotonic()
                 if self._stop_requested and self._shutdown_deadline is None:
                     self._begin_shutdown(now)
-                if self._reload_requested:
-                    self._reload_requested = False
-                    self.reload_tls()
                 if self._shutdown_deadline is not None and (
                     self.count == 0 or now >= self._shutdown_deadline
                 ):
@@ -205,6 +202,9 @@ class Server:
                     elif data.is_open:
                         self._step(data, now, mask)
                 self._run_timers(now)
+                if self._reload_requested:  # after the select the signal's byte woke
+                    self._reload_requested = False
+                    self.reload_tls()
                 self.logs.flush()
                 if on_iteration is not None:
                     on_iteration()

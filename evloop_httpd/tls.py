@@ -65,6 +65,7 @@ TLS_FILE_CHUNK = 256 * 1024  # file bytes read ahead of SSL_write: 16 records of
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # forward secret (ECDHE) and AEAD, nothing else
 _HANDSHAKE_RECORD = 0x16
 _PEEK_BYTES = 8
+_RAW_RECV = socket.socket.recv  # the plain socket's recv, which peeks under an SSLSocket
 S = ConnState
 
 
@@ -272,6 +273,14 @@ class TlsTransport(Transport):
             if sent is None:
                 conn.abort()
                 return CLOSE
+            if sent and conn.peer_done and self._nothing_unread():
+                # As over plain TCP: the client asked to close and has sent nothing more, so
+                # closing now cannot reset a response it has not read; its own close_notify,
+                # sent after it read ours, meets a closed socket. Saves a loop pass per
+                # connection, which is what a new connection per request costs.
+                self.shut_wr = True  # close_notify is out: close() need not send it again
+                conn.drained()
+                return CLOSE
             if sent:
                 self.shut_wr = True
                 try:
@@ -343,4 +352,11 @@ class TlsTransport(Transport):
                 sock.unwrap()  # type: ignore[attr-defined]
 
     def _nothing_unread(self) -> bool:
-        return False  # over TLS, always drain: the peer's close_notify may be on its way
+        # Peek at the raw bytes under TLS (SSLSocket.recv refuses flags): anything there, a
+        # record or the client's close_notify, would turn the close into a reset.
+        try:
+            return not _RAW_RECV(self.sock, 1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True  # reset: there is nothing left to protect

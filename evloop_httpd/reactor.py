@@ -369,5 +369,5 @@ class Server:
         self.logs.flush()
 
 
-def _deadline_of(t: Transport) -> float:  # type: ignore[misc]
+def _deadline_of(t: Transport) -> float:
     return t.conn.deadline

@@ -20,8 +20,8 @@ costs no new int, and one owner never has two entries with one deadline.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 SLACK = 64  # stale entries tolerated beyond two per open owner
 
@@ -65,7 +65,7 @@ class Timers:
         heap[:] = [e for e in heap if e[2].is_open and e[0] == e[2].timer_at]
         heapq.heapify(heap)
 
-    def due(self, now: float, deadline_of: _DeadlineOf) -> Iterator[Owner]:
+    def due(self, now: float, deadline_of: Callable[[Any], float]) -> Iterator[Owner]:
         """Pop and yield each owner whose deadline has passed; re-push the ones whose deadline
         moved later. ``deadline_of(owner)`` is its current deadline."""
         heap = self.heap
@@ -80,7 +80,3 @@ class Timers:
                 heapq.heappush(heap, (deadline, owner.ident, owner))
                 continue
             yield owner
-
-
-class _DeadlineOf(Protocol):
-    def __call__(self, owner: Owner, /) -> float: ...

@@ -355,7 +355,7 @@ class TlsTransport(Transport):
         # Peek at the raw bytes under TLS (SSLSocket.recv refuses flags): anything there, a
         # record or the client's close_notify, would turn the close into a reset.
         try:
-            return not _RAW_RECV(self.sock, 1, socket.MSG_PEEK)
+            return not _RAW_RECV(self.sock, 1, socket.MSG_PEEK)  # type: ignore[arg-type]
         except (BlockingIOError, InterruptedError):
             return True
         except OSError:

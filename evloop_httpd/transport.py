@@ -236,7 +236,7 @@ class Transport:
 
     # The system calls; the TLS transport replaces these.
 
-    def _send(self, data: bytes | memoryview) -> int:
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
         return self.sock.send(data)  # type: ignore[union-attr]
 
     def _send_pair(self, first: bytes | bytearray, second: bytes | memoryview) -> int:

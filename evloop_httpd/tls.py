@@ -55,7 +55,7 @@ import ssl
 from typing import TYPE_CHECKING, ClassVar
 
 from .states import READ, WRITE, ConnState
-from .transport import CLOSE, Transport
+from .transport import CLOSE, RECV_BYTES, Transport
 
 if TYPE_CHECKING:
     from .config import Config
@@ -162,7 +162,6 @@ class TlsTransport(Transport):
     __slots__ = ("context", "filebuf", "want", "wrapped")
 
     can_sendfile: ClassVar[bool] = False
-    scheme: ClassVar[bytes] = b"https"
 
     def __init__(self, sock: socket.socket, conn: Connection, context: ssl.SSLContext) -> None:
         super().__init__(sock, conn, use_sendfile=False)
@@ -240,21 +239,31 @@ class TlsTransport(Transport):
         if not self.wrapped:
             super().read(now)
             return
+        # One recv returns at most one record (16 KiB of plaintext): read on while the
+        # connection wants input, up to what one plain recv may bring (the same bound on what
+        # a turn can add to inbuf), so an upload is not one loop pass per record.
         conn = self.conn
-        try:
-            data = self.sock.recv(65536)  # type: ignore[union-attr]
-        except ssl.SSLWantReadError:
-            return
-        except ssl.SSLWantWriteError:
-            self.want = WRITE
-            return
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # ssl.SSLError included: a bad record, a reset
-            conn.ctx.observer.debug(f"#{conn.ident} recv: {exc}")
-            conn.abort()
-            return
-        conn.receive(data, now)
+        sock = self.sock
+        assert sock is not None
+        budget = RECV_BYTES
+        while True:
+            try:
+                data = sock.recv(budget)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                self.want = WRITE
+                return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ssl.SSLError included: a bad record, a reset
+                conn.ctx.observer.debug(f"#{conn.ident} recv: {exc}")
+                conn.abort()
+                return
+            conn.receive(data, now)
+            budget -= len(data)
+            if not data or budget <= 0 or not conn.interest & READ:
+                return
 
     def backlog(self) -> int | None:
         if not self.wrapped:

@@ -85,8 +85,7 @@ class Transport:
 
     __slots__ = ("conn", "events", "pending", "shut_wr", "sock", "timer_at", "use_sendfile")
 
-    can_sendfile: ClassVar[bool] = True
-    scheme: ClassVar[bytes] = b"http"
+    can_sendfile: ClassVar[bool] = True  # TLS cannot: see tls.py
 
     def __init__(self, sock: socket.socket, conn: Connection, use_sendfile: bool) -> None:
         self.sock: socket.socket | None = sock

@@ -343,3 +343,62 @@ def test_lingering_lasts_the_configured_linger_time(root: Path) -> None:
     assert conn.state is S.LINGERING
     conn.on_timeout(108.0)
     assert conn.state is S.CLOSED
+
+
+def test_a_tls_connection_starts_handshaking_with_its_own_deadline(root: Path) -> None:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True, timeouts={"handshake_s": 3.0}), rec, b"https")
+    conn = Connection(ctx, 100.0, handshake=True)
+    assert conn.state is S.HANDSHAKING and conn.interest == READ
+    assert conn.deadline == 103.0
+    conn.on_timeout(102.9)
+    assert conn.state is S.HANDSHAKING  # not yet
+    conn.handshake_done(102.9)
+    assert conn.state is S.READING_HEADERS
+    assert conn.deadline == 102.9 + ctx.config.timeouts.head_s  # HTTP's own deadline now
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 103.0)
+    assert flush_out(conn).endswith(b"alpha\n")
+
+
+def test_a_handshake_that_times_out_closes_quietly(root: Path) -> None:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True), rec, b"https")
+    conn = Connection(ctx, 0.0, handshake=True)
+    conn.on_timeout(conn.deadline)
+    assert conn.state is S.CLOSED and not conn.cut_short and rec.heads == []
+    assert rec.transitions == [(S.HANDSHAKING, Input.TIMEOUT, S.CLOSED)]
+
+
+def test_plain_http_on_a_tls_connection_gets_a_400_then_lingers(root: Path) -> None:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True), rec, b"https")
+    conn = Connection(ctx, 0.0, handshake=True)
+    conn.refuse_plain(b"GET / HT", 0.0)
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nConnection: close\r\n" in wire and b"https://" in wire
+    assert conn.state is S.LINGERING
+    head, _ = make(root)
+    head.state = S.HANDSHAKING
+    head.refuse_plain(b"HEAD / H", 0.0)
+    assert flush_out(head).endswith(b"\r\n\r\n")  # no body after a HEAD
+
+
+@pytest.mark.parametrize(
+    "scheme,target,status",
+    [
+        (b"http", b"https://x/a.txt", 421),
+        (b"http", b"HTTP://x/a.txt", 200),
+        (b"https", b"http://x/a.txt", 421),
+        (b"https", b"Https://x/a.txt", 200),
+        (b"https", b"/a.txt", 200),
+    ],
+)
+def test_the_target_scheme_must_be_the_connections(
+    root: Path, scheme: bytes, target: bytes, status: int
+) -> None:
+    ctx = Context(make_config(root), Recorder(), scheme)
+    conn = Connection(ctx, 0.0)
+    conn.receive(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert flush_out(conn).startswith(b"HTTP/1.1 %d " % status)
+    assert conn.state is S.READING_HEADERS  # a 421 keeps the connection: framing is intact

@@ -584,3 +584,27 @@ def test_an_encrypted_key_needs_the_right_password(tmp_path: Path, pki: Pki, sit
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(DEADLINE_S)
+
+
+def test_trace_shows_the_handshake_state(site: Path, pki: Pki) -> None:
+    srv = RunningServer(make_config(site, tls_cert=pki.cert, tls_key=pki.key, trace=True))
+    try:
+        with tls_client(srv.port, pki) as c:
+            c.send(get("/hello.txt"))
+            assert c.read_response().status == 200
+        assert wait_until(
+            lambda: "HANDSHAKING --HANDSHAKE_DONE--> READING_HEADERS" in srv.stderr.getvalue()
+        )
+    finally:
+        srv.stop()
+
+
+def test_a_large_upload_over_tls_is_stored_whole(
+    tls_server: RunningServer, pki: Pki, site: Path
+) -> None:
+    body = os.urandom(5 * 1024 * 1024)
+    with tls_client(tls_server.port, pki, 4096) as c:
+        c.send(b"PUT /big-up.bin HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
+        c.send(body)
+        assert c.read_response().status in (201, 204)
+    assert (site / "big-up.bin").read_bytes() == body

@@ -6,6 +6,11 @@ back payload. Each :meth:`read` consumes what it can and leaves a partial line i
 the next call, so a line is scanned once per arrival of new bytes, and the decoder holds no
 more than one ``recv``'s worth of memory whatever the body's size. Every malformation is a 400
 with ``close``: after a framing error nobody can tell where the next request starts.
+
+Work: a ``recv`` of 64 KiB can hold 10,000 one-byte chunks, each a line to match in Python
+(tens of milliseconds). So a caller may bound the lines one call decodes (``max_lines``); the
+decoder then says, through ``paused``, that it stopped with decodable bytes left, and the
+connection decides, by the reactor's work budget, whether to call again now or next turn.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from .config import Limits
 from .errors import HttpError, bad_request
 from .parser import field_line_problem
 
+LINES_PER_STEP = 256  # chunk-size and trailer lines per bounded read: well under a millisecond
+
 # RFC 9110 §6.5.1: fields that frame or route a message cannot be trailers (D13).
 _NOT_TRAILERS = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
@@ -25,11 +32,12 @@ class FixedBody:
     """Content-Length framing: take exactly ``remaining`` bytes."""
 
     __slots__ = ("remaining",)
+    paused = False  # one slice per call: never stops early
 
     def __init__(self, length: int) -> None:
         self.remaining = length
 
-    def read(self, buf: bytearray) -> tuple[bytes, bool]:
+    def read(self, buf: bytearray, max_lines: int | None = None) -> tuple[bytes, bool]:
         """Take what belongs to the body off ``buf``. Returns (payload, finished)."""
         take = min(self.remaining, len(buf))
         data = bytes(buf[:take])
@@ -54,6 +62,7 @@ class ChunkedBody:
         "_phase",
         "_remaining",
         "_scanned",
+        "paused",
         "total",
         "trailer_bytes",
         "trailers",
@@ -64,6 +73,7 @@ class ChunkedBody:
         self._phase = _SIZE
         self._remaining = 0
         self._scanned = 0  # bytes of a partial line already searched for LF
+        self.paused = False  # the last read stopped at max_lines with decodable bytes left
         self.total = 0
         self.trailers: list[tuple[bytes, bytes]] = []
         self.trailer_bytes = 0
@@ -72,11 +82,16 @@ class ChunkedBody:
     def done(self) -> bool:
         return self._phase == _DONE
 
-    def read(self, buf: bytearray) -> tuple[bytes, bool]:
-        """Take what belongs to the body off ``buf``. Returns (payload, finished)."""
+    def read(self, buf: bytearray, max_lines: int | None = None) -> tuple[bytes, bool]:
+        """Take what belongs to the body off ``buf``. Returns (payload, finished).
+
+        With ``max_lines``, stop after that many chunk-size or trailer lines; ``paused`` then
+        tells whether bytes were left that could be decoded without waiting for more.
+        """
         out: list[bytes] = []
         pos = 0
         end = len(buf)
+        lines = 0
         while pos < end and self._phase != _DONE:
             phase = self._phase
             if phase == _DATA:
@@ -102,6 +117,10 @@ class ChunkedBody:
                     self._start_chunk(line)
                 else:
                     self._add_trailer(line)
+                lines += 1
+                if lines == max_lines:
+                    break
+        self.paused = lines == max_lines and pos < end and self._phase != _DONE
         del buf[:pos]
         return b"".join(out), self._phase == _DONE
 

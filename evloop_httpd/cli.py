@@ -1,23 +1,33 @@
 """Command line: parse options, check them, start the server, stop it on a signal.
 
-Usage errors (a bad port, a root that is not a directory, a malformed size) print a message
-and exit with status 2, as argparse does. A clean stop exits 0.
+Usage errors (a bad port, a root that is not a directory or cannot be read, a malformed size, a
+log file that cannot be opened) print the error and a hint to ``--help``, not the whole usage
+block, and exit with status 2, as argparse does. A clean stop exits 0. The program names itself
+the way it was started: ``evloop-httpd`` or ``python -m evloop_httpd``.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from . import __version__, activation
+from .auth import AccountFileError, is_loopback, load_accounts
 from .config import KIB, Config, Limits, Timeouts
+from .connection import Address
+from .descriptors import raise_nofile_limit
+from .log import Logs
 from .reactor import Server
-from .tls import TlsSetupError
+from .tls import TlsSetupError, make_context
 from .upload import remove_stale_temps
 
+DEFAULT_MAX_CONNECTIONS = 10_000
 _SUFFIXES = {"": 1, "k": KIB, "m": KIB**2, "g": KIB**3}
 
 
@@ -53,6 +63,15 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a positive number, or ``auto`` for the CPUs this process may use."""
+    if text == "auto":
+        from .supervisor import cpu_count
+
+        return cpu_count()
+    return positive_int(text)
 
 
 def seconds(text: str) -> float:
@@ -94,16 +113,59 @@ def extra_header(text: str) -> tuple[bytes, bytes]:
     return name, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+DEFAULT_PORT = 8000
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are two lines: the error, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nTry '{self.prog} --help' for more.\n")
+
+
+def program_name() -> str:
+    """How the user started us: ``python -m evloop_httpd`` or the name of the script."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if name in ("", "__main__.py", "-c", "-m"):
+        return "python -m evloop_httpd"
+    return name
+
+
+def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     lim, tmo = Limits(), Timeouts()
-    p = argparse.ArgumentParser(
-        prog="python -m evloop_httpd",
+    p = _Parser(
+        prog=prog,
         description="Serve a directory over HTTP/1.1 (GET, HEAD, PUT, DELETE) from one event loop.",
     )
-    p.add_argument("-p", "--port", type=port_number, default=8000, help="port (0: any free one)")
-    p.add_argument("-d", "--root", default=".", help="directory to serve (default: .)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # As http.server takes it: `python -m evloop_httpd 8000`. -p says the same; not both.
+    p.add_argument(
+        "port_arg",
+        nargs="?",
+        type=port_number,
+        metavar="PORT",
+        help=f"port, as -p (default {DEFAULT_PORT})",
+    )
+    p.add_argument(
+        "-p", "--port", type=port_number, help=f"port (0: any free one; default {DEFAULT_PORT})"
+    )
+    p.add_argument(
+        "-d",
+        "--root",
+        "--directory",
+        dest="root",
+        default=".",
+        help="directory to serve (default: .)",
+    )
     p.add_argument("-b", "--bind", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--read-only", action="store_true", help="refuse PUT (405)")
+    p.add_argument(
+        "--workers",
+        type=worker_count,
+        default=1,
+        metavar="N",
+        help="processes serving the same port (auto: one per CPU; default 1); SIGHUP reloads",
+    )
     g = p.add_argument_group("limits")
     g.add_argument(
         "--max-request-line",
@@ -132,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--max-connections",
         type=positive_int,
-        default=10_000,
-        help="open connections before accept pauses (default %(default)s)",
+        default=None,
+        help=f"open connections before accept pauses (default {DEFAULT_MAX_CONNECTIONS})",
     )
     t = p.add_argument_group("timeouts (seconds)")
     t.add_argument(
@@ -194,6 +256,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="never serve foo.br / foo.gz sidecars in place of foo",
     )
+    a = p.add_argument_group("accounts (see README: Sharing on a network)")
+    a.add_argument(
+        "--auth-file",
+        type=Path,
+        help="accounts, one 'name:hash' per line (python -m evloop_httpd hash-password)",
+    )
+    a.add_argument(
+        "--auth-scope",
+        choices=("write", "all"),
+        default="write",
+        help="which requests need an account: writes (default) or all",
+    )
+    a.add_argument("--auth-realm", default="evloop_httpd", help="the realm shown at login")
+    a.add_argument(
+        "--allow-anonymous-writes",
+        action="store_true",
+        help="beyond loopback and without --auth-file, still let anyone PUT and DELETE",
+    )
     o_h = p.add_argument_group("responses")
     o_h.add_argument(
         "-H",
@@ -205,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="'NAME: VALUE'",
         help="add this header to every response (repeatable), e.g. 'Cache-Control: no-cache'",
     )
-    s = p.add_argument_group("HTTPS (the port then serves HTTPS only; SIGHUP reloads the files)")
+    s = p.add_argument_group(
+        "HTTPS (the port then serves HTTPS only; SIGHUP reloads the certificate)"
+    )
     s.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain")
     s.add_argument(
         "--tls-key",
@@ -222,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--handshake-timeout",
         type=seconds,
-        default=tmo.handshake_s,
+        default=Timeouts().handshake_s,
         help="to finish the TLS handshake (default %(default)s)",
     )
     o = p.add_argument_group("output")
@@ -238,15 +320,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
+    if args.port is not None and args.port_arg is not None:
+        parser.error(f"the port is given twice ({args.port_arg} and -p {args.port}): give one")
+    port = next((p for p in (args.port, args.port_arg) if p is not None), DEFAULT_PORT)
     root = Path(args.root)
     if not root.is_dir():
         parser.error(f"root {args.root!r} is not an existing directory")
+    problem = unusable_root(root)
+    if problem:
+        parser.error(f"root {args.root!r}: {problem}")
     limits = Limits(
         max_request_line_bytes=args.max_request_line,
         max_head_bytes=args.max_head,
         max_header_count=args.max_headers,
         max_upload_bytes=args.max_upload,
     )
+    if args.auth_file is not None:
+        try:
+            load_accounts(args.auth_file)
+        except AccountFileError as exc:
+            parser.error(str(exc))
+    if not args.auth_realm.isprintable():
+        parser.error("--auth-realm must be printable")
     if args.tls_cert is None and (args.tls_key or args.tls_password_file):
         parser.error("--tls-key and --tls-password-file need --tls-cert")
     timeouts = Timeouts(
@@ -261,11 +356,11 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
     return Config(
         root=root.resolve(),
         host=args.bind,
-        port=args.port,
+        port=port,
         read_only=args.read_only,
         limits=limits,
         timeouts=timeouts,
-        max_connections=args.max_connections,
+        max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS,
         use_sendfile=not args.no_sendfile,
         follow_symlinks=args.follow_symlinks,
         dotfiles=args.dotfiles,
@@ -278,70 +373,164 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         allow_delete=args.allow_delete,
         precompressed=not args.no_precompressed,
         extra_headers=tuple(args.headers),
+        auth_file=args.auth_file,
+        auth_scope=args.auth_scope,
+        auth_realm=args.auth_realm,
+        public=not is_loopback(args.bind),
+        allow_anonymous_writes=args.allow_anonymous_writes,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_password_file=args.tls_password_file,
     )
 
 
-def url_for(address: tuple, scheme: str = "http") -> str:
+def unusable_root(root: Path) -> str | None:
+    """Why the server could not serve ``root`` (which is a directory), or None.
+
+    Tried rather than inferred from the mode bits: root ignores them, a dropped capability or an
+    ACL changes them, and the kernel's answer is the one the server will get for every request.
+    Listing needs read permission; reaching anything inside needs search (execute) permission.
+    """
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror})"
+    try:
+        os.stat(os.path.join(root, "."))
+    except OSError as exc:
+        return f"cannot enter it ({exc.strerror})"
+    return None
+
+
+def url_for(address: Address, scheme: str = "http") -> str:
     host, port = address[0], address[1]
     return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
-FD_RESERVE = 64  # descriptors beyond one per connection: files being sent, uploads, logs
+def safety_notes(config: Config) -> tuple[list[str], list[str]]:
+    """What the start-up banner adds beyond loopback: (banner lines, warnings)."""
+    banner: list[str] = []
+    warnings: list[str] = []
+    if not config.public:
+        return banner, warnings
+    if config.auth_file is not None:
+        warnings.append(
+            "warning: Basic credentials cross the network in cleartext here; serve over TLS "
+            "(HTTPS) so that passwords cannot be read on the way"
+        )
+        banner.append(
+            f"Accounts from {config.auth_file} are needed for writes"
+            if config.auth_scope == "write"
+            else f"Accounts from {config.auth_file} are needed for every request"
+        )
+    elif config.read_only:
+        pass
+    elif config.allow_anonymous_writes:
+        warnings.append("warning: anyone who can reach this address may PUT and DELETE files")
+    else:
+        banner.append(
+            "Writes are off (403): listening beyond loopback without --auth-file."
+            " Add accounts with --auth-file, or pass --allow-anonymous-writes"
+        )
+    return banner, warnings
 
 
-def raise_nofile_limit(max_connections: int) -> None:
-    """Raise the soft RLIMIT_NOFILE towards what ``max_connections`` needs, up to the hard limit.
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hash-password"]:
+        from .hasher import hash_password_main
 
-    Many systems start processes with a soft limit of 1024 and a far higher hard limit; left
-    alone, the server would hit EMFILE (and pause accepting) long before its connection cap.
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = max_connections + FD_RESERVE
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
-    if soft == resource.RLIM_INFINITY or soft >= want:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (OSError, ValueError) as exc:
-        print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+        return hash_password_main(argv[1:])
+    parser = build_parser(prog or program_name())
     args = parser.parse_args(argv)
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
-    raise_nofile_limit(config.max_connections)
+    budget = raise_nofile_limit(config.max_connections, warn=args.max_connections is not None)
+    config = dataclasses.replace(config, max_uploads=budget.max_uploads)
+    if config.tls_cert is not None:
+        # Checked here, before any listener or worker: a certificate that cannot be used is a
+        # usage error at start (status 2), not a worker that dies, nor a traceback.
+        try:
+            make_context(config)
+        except TlsSetupError as exc:
+            print(f"{parser.prog}: TLS: {exc}", file=sys.stderr)
+            return 2
+    scheme = "https" if config.tls_cert is not None else "http"
     stale = remove_stale_temps(str(config.root))
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
     try:
-        server = Server(config)
-    except TlsSetupError as exc:
-        print(f"evloop_httpd: TLS: {exc}", file=sys.stderr)
-        return 2
-    try:
-        address = server.bind()
-    except OSError as exc:
-        print(f"evloop_httpd: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        passed = [p.sock for p in activation.listen_fds()]
+    except activation.ActivationError as exc:
+        print(f"{parser.prog}: socket activation: {exc}", file=sys.stderr)
         return 1
-    scheme = server.ctx.scheme.decode()
-    print(f"Serving {config.root} on {url_for(address, scheme)}", flush=True)
+    if passed:
+        where = ", ".join(activation.describe(s) for s in passed)
+        print(f"socket activation: serving {where}; -p/--port and -b/--bind are ignored")
+    try:
+        # Opened here, before any worker, so that a log file we cannot open is named as such
+        # (each worker opens its own later; the supervisor's parent serves no traffic).
+        logs = Logs(config)
+    except OSError as exc:
+        logs_by_path = {
+            str(config.stats_csv): "--stats-csv",
+            str(config.response_log): "--response-log",
+        }
+        option = logs_by_path.get(exc.filename, "log")
+        parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
+    if args.workers > 1:
+        from . import supervisor
 
-    def stop(signum: int, _frame: object) -> None:
-        if server.ctx.stopping:
-            raise SystemExit(0)  # a second Ctrl+C: stop now, the loop's finally still closes
+        logs.close()
+        try:
+            listeners = supervisor.listeners_for(config, args.workers, passed)
+        except OSError as exc:
+            print(
+                f"{parser.prog}: cannot listen on {config.host}:{config.port}: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+        address = listeners[0][0].getsockname()
+        print(
+            f"Serving {config.root} on {url_for(address, scheme)} with {args.workers} workers",
+            flush=True,
+        )
+        return supervisor.run(config, listeners)
+    try:
+        server = Server(config, logs)
+        address = server.adopt(passed) if passed else server.bind()
+    except TlsSetupError as exc:  # the files changed since the check above
+        print(f"{parser.prog}: TLS: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{config.host}:{config.port}"
+        print(f"{parser.prog}: cannot listen on {where}: {exc}", file=sys.stderr)
+        return 1
+    banner, warnings = safety_notes(config)
+    for line in warnings:
+        print(line, file=sys.stderr)
+    print(f"Serving {config.root} on {url_for(address, scheme)}", flush=True)
+    for line in banner:
+        print(line, flush=True)
+
+    signals = 0
+
+    def stop(_signum: int, _frame: object) -> None:
+        # The first asks for a graceful stop (the server says what it waits for), the second
+        # stops now: the loop's finally still closes every socket and flushes the logs.
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            print("stopping now: transfers in flight are cut short", file=sys.stderr, flush=True)
+            raise SystemExit(0)
         server.request_stop()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    # SIGHUP re-reads the TLS certificate and key (new connections get them); without TLS it
-    # is ignored rather than left to kill the server.
+    # SIGHUP re-reads the TLS certificate and key (new connections get them; with --workers
+    # the supervisor's new generation does). Without TLS it is ignored rather than fatal.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: server.request_reload())
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     server.serve_forever()

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from enum import Enum
 
+from .grammar import too_many_elements
+
 # RFC 9110 §8.8.3: entity-tag = [ weak ] opaque-tag; weak = %s"W/";
 #   opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text
 _ETAG = re.compile(rb'[ \t]*(W/)?("[\x21\x23-\x7e\x80-\xff]*")[ \t]*')
@@ -94,7 +96,12 @@ def parse_etags(value: bytes) -> list[tuple[bool, bytes]] | None:
     nothing (RFC 9110 §13.1.1: ``If-Match = "*" / #entity-tag``). Empty list elements are
     skipped (RFC 9110 §5.6.1). The tags are matched one by one from the left rather than split
     on commas, because a comma is a legal character inside an opaque-tag.
+
+    More than ``grammar.MAX_LIST_ELEMENTS`` elements (empty ones included, commas counted) is
+    malformed too, so the fail-safe rules apply: no 304 on it, and no unsafe method.
     """
+    if too_many_elements(value):
+        return None
     tags: list[tuple[bool, bytes]] = []
     pos, end = 0, len(value)
     while pos < end:

@@ -57,6 +57,9 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_connections: int = 10_000
+    # PUTs receiving at once; None: as many as connections. Set from the open-file limit at
+    # start (descriptors.py): an upload holds three descriptors, a GET two.
+    max_uploads: int | None = None
     use_sendfile: bool = True
     follow_symlinks: bool = False  # follow symlinks that leave the root
     dotfiles: bool = False
@@ -69,6 +72,12 @@ class Config:
     allow_delete: bool = False
     precompressed: bool = True
     extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+    # Accounts and the safe defaults beyond loopback (see auth.py).
+    auth_file: Path | None = None
+    auth_scope: str = "write"  # "write": methods other than GET/HEAD/OPTIONS; "all"
+    auth_realm: str = "evloop_httpd"
+    public: bool = False  # bound to a non-loopback address: anonymous writes off by default
+    allow_anonymous_writes: bool = False
     tls_cert: Path | None = None  # with it, the port serves HTTPS only (see tls.py)
     tls_key: Path | None = None  # None: the key is in the cert file
     tls_password_file: Path | None = None  # first line: the key's passphrase

@@ -2,23 +2,27 @@
 
 Theory of operation
 -------------------
-A connection is always in exactly one :class:`ConnState`. It moves only through :func:`_fire`,
+A connection is always in exactly one :class:`ConnState`. It moves only through ``_fire``,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
-connection. What the connection waits for is read off the state alone (``INTEREST``); the
-transport under it may wait for something else for a while (see :mod:`transport`).
+connection. What the connection waits for is read off the state (``INTEREST``; to write while
+*parked*, see below); the transport under it may wait for something else for a while (see
+:mod:`transport`).
 
 The connection is sans-IO. Its :class:`~evloop_httpd.transport.Transport` asks it what to send
 (:meth:`Connection.to_send`, then :meth:`Connection.file_span`) and drives it through these
 calls, each given the current time:
 
 * :meth:`Connection.receive` with bytes from the peer (``b""`` for end of stream);
-* :meth:`Connection.wrote` after the socket took ``n`` bytes of :meth:`Connection.to_send`;
+* :meth:`Connection.wrote` after the socket took ``n`` bytes of :meth:`Connection.to_send`, or
+  after the transport held them back to send with the next response;
 * :meth:`Connection.streamed` after ``n`` bytes of the file span went out;
 * :meth:`Connection.flushed` after the socket took ``n`` bytes the transport had held back
   (bytes of earlier pipelined responses, already counted as written, see :mod:`transport`);
-* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed (after
-  :meth:`Connection.check_delivery` while a response is being sent);
+* :meth:`Connection.check_delivery` with how many sent bytes the client has not acknowledged,
+  when the timer of a connection sending a response comes due;
+* :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
+* :meth:`Connection.resume` at the start of a turn, when the connection is *parked*;
 * over TLS, :meth:`Connection.handshake_done` and :meth:`Connection.refuse_plain`;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
@@ -34,18 +38,24 @@ connection goes to LINGERING, where it only drains what the client still sends (
 does not turn into a reset that destroys the response) and never parses again.
 
 One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a response ends,
-the next one is parsed at once, without going back to the selector. The transport does not read
-while a response is being written, so ``inbuf`` never holds more than the head limit plus one
+the next one is parsed at once, without going back to the selector, as long as the reactor's
+work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
+can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
+decodes more of a body of tiny chunks), it waits to write rather than to read, and the
+transport's next turn calls :meth:`resume`. The transport does not read while a response is
+being written or while parked, so ``inbuf`` never holds more than the head limit plus one
 ``recv``: memory per connection is bounded whatever is sent or received.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from http import HTTPStatus
-from typing import Protocol
+from typing import Protocol, cast
 
-from .body import ChunkedBody, FixedBody
+from .auth import PENDING, Gate
+from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
@@ -59,7 +69,7 @@ from .responses import (
     encode_middle,
     error_response,
 )
-from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, ConnState, Input
+from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
 
 S = ConnState
@@ -97,6 +107,10 @@ def _names_head(inbuf: bytearray) -> bool:
     return inbuf.startswith(b"HEAD ") or inbuf.startswith(b"\r\nHEAD ")
 
 
+# A socket address as the socket module gives it: IPv6 adds flowinfo and scope_id.
+Address = tuple[str, int] | tuple[str, int, int, int]
+
+
 class Observer(Protocol):
     """Where a connection reports what the logs want to know."""
 
@@ -107,13 +121,34 @@ class Observer(Protocol):
     def debug(self, text: str) -> None: ...
 
 
+def _always() -> bool:
+    return True
+
+
 class Context:
     """What all connections of one server share."""
 
-    __slots__ = ("cache", "config", "date", "handler", "observer", "scheme", "stopping", "trace")
+    __slots__ = (
+        "acks_known",
+        "cache",
+        "config",
+        "date",
+        "gate",
+        "handler",
+        "may_start",
+        "observer",
+        "scheme",
+        "stopping",
+        "trace",
+        "uploads",
+    )
 
     def __init__(self, config: Config, observer: Observer, scheme: bytes = b"http") -> None:
         self.config = config
+        # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
+        # response's average rate is judged on that, not on what the kernel took: see _progress.
+        self.acks_known = False
+        self.uploads = 0  # PUTs holding a temp file and a folder descriptor (see Config)
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
@@ -121,16 +156,23 @@ class Context:
         self.stopping = False
         self.trace = config.trace
         self.scheme = scheme  # every connection of a server has the same: one port, one scheme
+        gate = Gate(config)
+        self.gate = gate if gate.active else None
+        # Whether this turn's work budget allows starting another pipelined request: the
+        # reactor's clock. Without a reactor (unit tests), always.
+        self.may_start: Callable[[], bool] = _always
 
 
 class Connection:
     """The HTTP side of one TCP connection. See the module docstring for the protocol."""
 
     __slots__ = (
+        "auth_ticket",
         "body",
         "ctx",
         "deadline",
         "delivered",
+        "handed",
         "file_fd",
         "file_offset",
         "file_remaining",
@@ -140,8 +182,10 @@ class Connection:
         "local",
         "out",
         "out_pos",
+        "parked",
         "peer",
         "phase_bytes",
+        "phase_acked",
         "phase_start",
         "request",
         "scan_from",
@@ -151,6 +195,7 @@ class Connection:
         "status",
         "trailer",
         "upload",
+        "user",
         # Flags that change how the connection ends on the wire; see states.py, "Flags".
         "cut_short",
         "peer_done",
@@ -160,8 +205,8 @@ class Connection:
         self,
         ctx: Context,
         now: float,
-        peer: tuple = ("", 0),
-        local: tuple = ("", 0),
+        peer: Address = ("", 0),
+        local: Address = ("", 0),
         ident: int = 0,
         *,
         handshake: bool = False,
@@ -182,27 +227,42 @@ class Connection:
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
         self.upload: Upload | None = None
+        self.user: str | None = None  # the account the current request acts as
+        self.auth_ticket = 0  # the password check this connection waits for (0: none)
         self.keep_alive = False
         self.status = 0
         self.sent = 0  # bytes of the current response on the wire
-        self.delivered = 0  # of those, acknowledged by the client when the stall timer last looked
+        # Over the connection's life: bytes of responses the kernel took (or the reactor held
+        # back), and of those, the ones the client had acknowledged when the timer last looked.
+        self.handed = 0
+        self.delivered = 0
         self.phase_start = now
         self.phase_bytes = 0
+        self.phase_acked = 0  # bytes the client acknowledged in this phase (see check_delivery)
         self.deadline = now + ctx.config.timeouts.head_s
         self.peer = peer
         self.local = local
         self.ident = ident
         self.cut_short = False  # closed mid-response: the transport closes with RST, not FIN
         self.peer_done = False  # the client asked to close and sent nothing more
+        self.parked = False  # whole requests wait in inbuf for the next turn (work budget)
         if handshake:
             self.state = S.HANDSHAKING
             self.deadline = now + ctx.config.timeouts.handshake_s
 
     @property
     def interest(self) -> int:
-        return INTEREST[self.state]
+        # Parked: wait to write. A socket almost always is writable, so the loop comes back at
+        # once; reading more would grow inbuf past its bound, and an end of stream read now
+        # would cut off requests already whole.
+        return WRITE if self.parked else INTEREST[self.state]
 
     # What the transport asks.
+
+    @property
+    def handshaken(self) -> bool:
+        """Past HANDSHAKING: HTTP may flow (always true over plain TCP)."""
+        return self.state is not S.HANDSHAKING and self.state is not S.CLOSED
 
     def to_send(self) -> bytes | memoryview:
         """What of the response's in-memory bytes (head, small body, a multipart boundary) is
@@ -257,6 +317,7 @@ class Connection:
         """``send`` took the first ``n`` bytes of ``out[out_pos:]``."""
         self.out_pos += n
         self.sent += n
+        self.handed += n
         if self.out_pos < len(self.out):
             self._progress(n, now)
             return
@@ -292,6 +353,7 @@ class Connection:
         self.file_offset += n
         self.file_remaining -= n
         self.sent += n
+        self.handed += n
         if self.file_remaining > 0 or self._next_span():
             self._progress(n, now)
         else:
@@ -327,16 +389,30 @@ class Connection:
         """
         if self.state is not S.WRITING_HEADERS and self.state is not S.STREAMING_FILE:
             return
-        delivered = self.sent - backlog
+        delivered = self.handed - backlog
         if delivered > self.delivered:
+            # Each byte is credited once, to the phase in which a look first saw it
+            # acknowledged (bytes of an earlier response still draining are the client
+            # reading, too, and were not credited to that response).
+            self.phase_acked += delivered - self.delivered
             self.delivered = delivered
             self._progress(0, now)
+
+    def resume(self, now: float) -> None:
+        """A new turn: a parked connection starts its next buffered request, or goes on
+        decoding the body bytes it has."""
+        if self.parked and self.state in CAN_RESPOND:
+            self._advance(now)
 
     def on_timeout(self, now: float) -> None:
         """The reactor's timer fired; act only if our deadline really has passed."""
         if self.state is S.CLOSED or now < self.deadline:
             return
-        if self.state is S.READING_HEADERS and self.inbuf:
+        if self.parked and self.state is S.READING_HEADERS:
+            # Parked all the idle timeout long: the socket never became writable, so the client
+            # reads none of its responses. No request is half-received: close quietly.
+            self._fire(I.TIMEOUT)
+        elif self.state is S.READING_HEADERS and self.inbuf:
             self._fail(
                 HttpError(
                     HTTPStatus.REQUEST_TIMEOUT, "request head not received in time", close=True
@@ -346,6 +422,16 @@ class Connection:
         elif self.state is S.READING_BODY:
             self._fail(
                 HttpError(HTTPStatus.REQUEST_TIMEOUT, "request body stalled", close=True), now
+            )
+        elif self.state is S.AUTHENTICATING:
+            self._fail(
+                HttpError(
+                    HTTPStatus.SERVICE_UNAVAILABLE,
+                    "the password check took too long",
+                    close=True,
+                    headers=((b"Retry-After", b"1"),),
+                ),
+                now,
             )
         else:
             self._fire(I.TIMEOUT)
@@ -383,6 +469,7 @@ class Connection:
 
     def _advance(self, now: float) -> None:
         """Parse and act on whatever ``inbuf`` allows; the one place errors are caught."""
+        self.parked = False
         try:
             if self.state is S.READING_HEADERS:
                 self._maybe_start_request(now)
@@ -416,9 +503,47 @@ class Connection:
                 HTTPStatus.MISDIRECTED_REQUEST,
                 f"this connection is {ctx.scheme.decode()}; the target names another scheme",
             )
+        gate = ctx.gate
+        if gate is not None:  # before the cache: a cached answer is no less protected
+            user = gate.admit(self, req, self.peer[0], now)
+            if user is PENDING:
+                self._fire(I.CHECK_PASSWORD)
+                self.deadline = now + ctx.config.timeouts.head_s
+                return
+            self.user = user  # type: ignore[assignment]
+        self._begin(req, now)
+
+    def auth_done(self, outcome: str | HttpError, now: float) -> bool:
+        """The password check this connection waited for is over: ``outcome`` is the user, or
+        the refusal to send. False if the connection no longer waits (it timed out, closed)."""
+        if self.state is not S.AUTHENTICATING or self.request is None:
+            return False
+        try:
+            if isinstance(outcome, HttpError):
+                raise outcome
+            self.user = outcome
+            self._begin(self.request, now)
+            # _begin moves the state on; mypy keeps it narrowed to AUTHENTICATING without this.
+            if cast(ConnState, self.state) is S.READING_BODY:
+                self._maybe_read_body(now)
+        except HttpError as exc:
+            self._fail(exc, now)
+        except Exception as exc:
+            self.ctx.observer.bug(self, exc)
+            self._fail(
+                HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", close=True), now
+            )
+        return True
+
+    def _begin(self, req: Request, now: float) -> None:
+        """Answer a parsed (and admitted) request, or start reading its body."""
+        ctx = self.ctx
+        inbuf = self.inbuf
         cache = ctx.cache
         key = cache.key(req)
-        plan = None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        plan: Response | Upload | None = (
+            None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+        )
         if plan is None:
             plan = ctx.handler.begin(req, ctx.date.second)
             if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:
@@ -426,6 +551,19 @@ class Connection:
         if isinstance(plan, Response):
             self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
             return
+        cap = ctx.config.max_uploads
+        if cap is not None and ctx.uploads >= cap:
+            # Past the descriptor budget for uploads (see descriptors.py): refuse this one
+            # rather than let GETs run out of descriptors. Its two were opened and are closed
+            # within this step, which the budget's reserve covers.
+            plan.abort()
+            raise HttpError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "too many uploads at once, try again",
+                close=True,
+                headers=((b"Retry-After", b"1"),),
+            )
+        ctx.uploads += 1  # until _drop_upload
         self.upload = plan
         self.body = ChunkedBody(ctx.config.limits) if req.chunked else FixedBody(req.content_length)
         if req.expect == b"100-continue" and req.has_body and not inbuf:
@@ -438,10 +576,18 @@ class Connection:
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
         assert body is not None and upload is not None and req is not None
-        data, done = body.read(self.inbuf)
-        if data:
-            upload.write(data)
-            self._progress(len(data), now)
+        while True:
+            # Bounded reads: a recv of tiny chunks is thousands of lines to decode. Between
+            # reads, the work budget decides whether to go on now or park until the next turn.
+            data, done = body.read(self.inbuf, LINES_PER_STEP)
+            if data:
+                upload.write(data)
+                self._progress(len(data), now)
+            if done or not body.paused:
+                break
+            if not self.ctx.may_start():
+                self.parked = True
+                return
         if done:
             # Keep owning the upload until it is committed: if committing raises anything,
             # _fail still finds it and unlinks the temp file.
@@ -453,7 +599,8 @@ class Connection:
                 # may stay open for the next request.
                 self._fail(exc, now, body_read=True)
                 return
-            self.body = self.upload = None
+            self.body = None
+            self._drop_upload()  # committed: it holds nothing any more
             self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 
     def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:
@@ -476,7 +623,6 @@ class Connection:
         self.keep_alive = keep
         self.status = resp.status
         self.sent = 0
-        self.delivered = 0
         self.out = head + resp.body if resp.body else head
         self.out_pos = 0
         if resp.file_fd >= 0:
@@ -488,9 +634,7 @@ class Connection:
         self._start_phase(now)
 
     def _fail(self, exc: HttpError, now: float, *, body_read: bool = False) -> None:
-        if self.upload is not None:
-            self.upload.abort()
-            self.upload = None
+        self._drop_upload()
         self.body = None
         if self.state not in CAN_RESPOND:
             self.abort()
@@ -506,13 +650,17 @@ class Connection:
         self.ctx.observer.request_done(self)
         req = self.request
         self.request = None
+        self.user = None
         self.status = 0
         timeouts = self.ctx.config.timeouts
         if self.keep_alive and not self.ctx.stopping:
             self._fire(I.RESPONSE_DONE)
             self.deadline = now + timeouts.idle_s
             if self.inbuf:
-                self._advance(now)
+                if self.ctx.may_start():
+                    self._advance(now)
+                else:
+                    self.parked = True
         else:
             # If the client itself asked for the close and nothing of it is buffered, it will
             # send nothing more; the reactor may then skip the drain (see drained()).
@@ -526,13 +674,30 @@ class Connection:
     def _start_phase(self, now: float) -> None:
         self.phase_start = now
         self.phase_bytes = 0
+        self.phase_acked = 0
         self.deadline = now + self.ctx.config.timeouts.stall_s
 
     def _progress(self, n: int, now: float) -> None:
+        """``n`` more bytes moved: the deadline becomes the earlier of ``stall_s`` from now and
+        the average-rate bound, ``phase_start + stall_s + counted / min_rate``.
+
+        What a body's rate counts is what arrived. What a response's rate counts, where the
+        kernel can tell, is what the client *acknowledged* (``phase_acked``, as of the
+        timer's last look; see :meth:`check_delivery`), not what the kernel took: the kernel takes
+        megabytes at once into a send buffer it grows on a fast path, and counting those let a
+        client reading at half the minimum rate keep its slot ten times as long as it should
+        (and at the defaults, a trickling reader about an hour). So the deadline comes when
+        the acknowledged bytes run out; the reactor then asks the kernel, and a client that
+        did keep up gets a later deadline.
+        """
         t = self.ctx.config.timeouts
         self.phase_bytes += n
+        counted = self.phase_bytes
+        state = self.state
+        if self.ctx.acks_known and (state is S.WRITING_HEADERS or state is S.STREAMING_FILE):
+            counted = self.phase_acked
         self.deadline = min(
-            now + t.stall_s, self.phase_start + t.stall_s + self.phase_bytes / t.min_rate_bytes_s
+            now + t.stall_s, self.phase_start + t.stall_s + counted / t.min_rate_bytes_s
         )
 
     # Transitions and resources.
@@ -558,7 +723,7 @@ class Connection:
         """Queue the next span's prefix and file range (or the trailer). False when done."""
         spans = self.spans
         if spans:
-            prefix, self.file_offset, self.file_remaining = spans.pop()  # type: ignore[union-attr]
+            prefix, self.file_offset, self.file_remaining = spans.pop()
         elif self.trailer:
             prefix, self.trailer = self.trailer, b""
         else:
@@ -575,15 +740,21 @@ class Connection:
         self.spans = ()
         self.trailer = b""
 
-    def _release(self) -> None:
-        # Descriptors and temp files first: if logging below raises, nothing leaks.
-        self._close_file()
+    def _drop_upload(self) -> None:
+        """Abort the upload if it is still open (a no-op after a commit) and free its slot."""
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
+            self.ctx.uploads -= 1
+
+    def _release(self) -> None:
+        # Descriptors and temp files first: if logging below raises, nothing leaks.
+        self._close_file()
+        self._drop_upload()
         self.body = None
         self.out = b""
         self.inbuf = bytearray()
+        self.parked = False
         if self.status:
             # A response was under way: log what the client actually got.
             try:

@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 The slow path (``Handler.begin``) resolves a path safely (realpath, root check, hidden names),
 stats and opens the file, and builds the headers. For a plain ``200`` to a GET, this module
-remembers the result under the request's raw path (and its ``Accept-Encoding``, which can select
-a different file): the file it named, the file's identity (device, inode, size, and the mtime
-and ctime in ns), the encoded header block, and, for a small file, its bytes.
+remembers the result under the request's raw path and what its ``Accept-Encoding`` accepts
+(which can select a different file; see below): the file it named, the file's identity
+(device, inode, size, and the mtime and ctime in ns), the encoded header block, and, for a
+small file, its bytes.
 
 A later request for the same key is answered from the entry only after one ``stat`` of that
 file shows the same identity. That check carries both guarantees:
@@ -28,6 +29,12 @@ been, and nothing this server did since could have changed the file. A keep-aliv
 comes in its own ``recv`` therefore always gets its own check; a batch of pipelined requests that
 came in one shares a check.
 
+The key holds :func:`negotiate.preference` of ``Accept-Encoding`` (which sidecar codings are
+acceptable, best first: one of five values), not the raw field: a client could make that
+different, and 30 KiB long, on every request, and keys are not counted in the byte budget.
+Working it out costs a parse of the field, so results are remembered for short values
+(``PROFILE_MEMO_*``), which is all that browsers send.
+
 Precompressed sidecars are never cached: whether one may be served depends on its original
 too. Decisions that do not show in the file's identity (whether a sidecar has appeared, what a
 folder's index is) are re-checked by sending the key through the slow path again once an entry
@@ -42,6 +49,7 @@ import os
 from collections import OrderedDict
 from http import HTTPStatus
 
+from .negotiate import preference
 from .parser import Request
 from .responses import Response, encode_middle
 
@@ -49,6 +57,8 @@ MAX_ENTRIES = 1024
 MAX_BODY_BYTES = 64 * 1024  # files up to this size are kept in memory and sent with the head
 MAX_TOTAL_BYTES = 32 * 1024 * 1024
 MAX_AGE_S = 1.0
+PROFILE_MEMO_ENTRIES = 256  # distinct short Accept-Encoding values remembered; then forgotten
+PROFILE_MEMO_VALUE_BYTES = 256  # longer values are parsed each time (bounded: negotiate.py)
 
 # Headers that make the answer depend on more than the path: always the slow path.
 _BYPASS = frozenset(
@@ -64,6 +74,9 @@ _BYPASS = frozenset(
 _GET, _HEAD = b"GET", b"HEAD"
 _OK = HTTPStatus.OK  # a module constant: Enum member access from the class is Python code
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+Key = tuple[bytes, tuple[bytes, ...]]  # (raw path, negotiate.preference of Accept-Encoding)
 
 
 class Entry:
@@ -102,24 +115,23 @@ class Entry:
 
 
 class ResponseCache:
-    """Maps (raw path, Accept-Encoding) to an :class:`Entry`; see the module docstring."""
+    """Maps (raw path, accepted codings) to an :class:`Entry`; see the module docstring."""
 
-    __slots__ = ("_entries", "_extra", "_total", "epoch", "hits", "misses")
+    __slots__ = ("_entries", "_extra", "_profiles", "_total", "epoch", "hits")
 
     def __init__(self, extra_headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
-        self._entries: OrderedDict[tuple[bytes, bytes | None], Entry] = OrderedDict()
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
+        self._profiles: dict[bytes, tuple[bytes, ...]] = {}
         self._extra = extra_headers
         self._total = 0
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # read by the tests: proof that a request took this path
         self.epoch = 0
 
     def next_epoch(self) -> None:
         """Bytes arrived, or a file may have changed: checks made so far vouch for nothing new."""
         self.epoch += 1
 
-    @staticmethod
-    def key(req: Request) -> tuple[bytes, bytes | None] | None:
+    def key(self, req: Request) -> Key | None:
         """The cache key for ``req``, or None when the request must take the slow path."""
         method = req.method
         if method != _GET and method != _HEAD:
@@ -134,11 +146,18 @@ class ResponseCache:
                 if encoding is not None:
                     return None
                 encoding = value
-        return req.path, encoding
+        if encoding is None:
+            return req.path, ()
+        profile = self._profiles.get(encoding)
+        if profile is None:
+            profile = preference(encoding)
+            if len(encoding) <= PROFILE_MEMO_VALUE_BYTES:
+                if len(self._profiles) >= PROFILE_MEMO_ENTRIES:
+                    self._profiles.clear()
+                self._profiles[encoding] = profile
+        return req.path, profile
 
-    def lookup(
-        self, key: tuple[bytes, bytes | None], head_only: bool, now: float
-    ) -> Response | None:
+    def lookup(self, key: Key, head_only: bool, now: float) -> Response | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -170,13 +189,12 @@ class ResponseCache:
             return entry.head_only if head_only else entry.in_memory
         return Response(_OK, file_fd=fd, spans=[(b"", 0, entry.length)], middle=entry.middle)
 
-    def store(self, key: tuple[bytes, bytes | None], resp: Response, now: float) -> None:
+    def store(self, key: Key, resp: Response, now: float) -> None:
         """Remember a slow-path answer if it is a whole-file 200.
 
         A small body is read into the entry, and ``resp`` is switched to send it from memory
         too, so even the first answer saves the ``sendfile`` call.
         """
-        self.misses += 1
         if resp.status != _OK or resp.file_fd < 0 or len(resp.spans) != 1:
             return
         if resp.body or resp.trailer or resp.spans[0][:2] != (b"", 0):
@@ -220,7 +238,7 @@ class ResponseCache:
         while len(self._entries) > MAX_ENTRIES or self._total > MAX_TOTAL_BYTES:
             self._drop(next(iter(self._entries)))
 
-    def _drop(self, key: tuple[bytes, bytes | None]) -> None:
+    def _drop(self, key: Key) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None and entry.body is not None:
             self._total -= len(entry.body)

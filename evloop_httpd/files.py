@@ -2,8 +2,8 @@
 
 Theory of operation
 -------------------
-A request path reaches the filesystem only through :func:`resolve`, which enforces these, in
-this order:
+A request path reaches the filesystem only through :func:`decode_segments`,
+:func:`check_hidden` and :func:`locate`, which enforce these, in this order:
 
 1. The path is percent-decoded exactly once. A decoded NUL, an invalid UTF-8 sequence (which
    includes every overlong encoding), or a control character is a 400: no file has such a
@@ -15,16 +15,24 @@ this order:
    file with such a name is a trap for any proxy or script that decodes once more.
 3. A segment starting with ``.`` (``.git``, ``.env``, our own upload temp files) is hidden with a
    404 unless ``--dotfiles``; upload temp files stay hidden even then.
-4. The joined path is resolved with ``realpath``. If the result is not inside the (real) root,
-   because a symlink points out, it is a 404 unless ``--follow-symlinks``. The file is then
-   opened from that resolved path with ``O_NOFOLLOW``, so swapping the last component for a
-   symlink after the check does not help an attacker; and (on Linux, through ``/proc``) the
-   file the kernel opened must be inside the root too, so swapping a folder on the way does
-   not either.
+4. The joined path is opened once with ``O_PATH`` (:func:`locate`): the kernel resolves it, in
+   one system call whatever the number of segments (``PATH_MAX`` bounds it), and opens
+   nothing for reading, so a device has no side effect. Where the descriptor really is
+   (``/proc/self/fd``) must be inside the (real) root, or it is a 404 unless
+   ``--follow-symlinks``. Everything after works on that descriptor, never on the path again:
+   a file is reopened for reading through ``/proc/self/fd`` (:func:`open_regular`), a folder
+   is listed through a descriptor of itself (:func:`open_listable`), a DELETE or PUT acts
+   with ``dir_fd`` of the folder it checked. A folder swapped for a symlink at any moment
+   therefore changes nothing: what is used is what was checked. Every ``OSError`` on the way
+   is mapped to its status (:func:`os_error_to_http`): a name that vanishes mid-lookup is a
+   404, not a 500.
 
-Only regular files are served: the file is opened with ``O_NONBLOCK`` and checked with
-``fstat``, so a FIFO or device cannot stall the loop. A precompressed sidecar (``foo.js.br``
-beside ``foo.js``) is found by :func:`sidecar` under the same rules as the file itself.
+Only regular files are served: the ``O_PATH`` descriptor is checked with ``fstat`` before the
+file is opened (``O_NONBLOCK``) to be read, so a FIFO or device cannot stall the loop. Without
+``O_PATH`` and ``/proc`` (not Linux), the path is resolved with ``realpath`` and opened again
+with ``O_NOFOLLOW``: correct, but neither race-free nor bounded in cost. A precompressed
+sidecar (``foo.js.br`` beside ``foo.js``) is found by :func:`sidecar` under the same rules as
+the file itself.
 """
 
 from __future__ import annotations
@@ -45,20 +53,31 @@ UPLOAD_SUFFIX = ".tmp"
 
 _NOT_FOUND = "no such file"
 _DOUBLE_ENCODED = re.compile(r"%(?:2e|2f|5c|00)", re.IGNORECASE)
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW
-# No O_NOFOLLOW: where the folder leads is checked on the descriptor itself (/proc), which also
-# catches a link swapped in at any component, not just the last.
-_FOLDER_FLAGS = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Anything _check_text refuses, in one search: a listing asks this of every name it reads.
+_REFUSED = re.compile(
+    f"{_CONTROL.pattern}|\\\\|{_DOUBLE_ENCODED.pattern}|^\\.\\.?$|/", re.IGNORECASE
+)
+_PROC_FD = "/proc/self/fd/"
+# Linux: a name is opened with O_PATH (no read, no permission beyond the path walk, no side
+# effect even for a device), checked through /proc/self/fd, and reopened through that same
+# magic link to read it. Elsewhere the resolved name is opened again, with O_NOFOLLOW.
+_REOPEN = hasattr(os, "O_PATH") and os.path.isdir(_PROC_FD)
+_LOCATE_FLAGS = (os.O_PATH if _REOPEN else os.O_RDONLY | os.O_NONBLOCK) | os.O_CLOEXEC
+_REOPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+_OPEN_FLAGS = _REOPEN_FLAGS | os.O_NOFOLLOW
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
-class Resolved:
-    """A request path mapped to disk: ``real`` is the resolved path, ``segments`` the decoded
-    segments of the request path, ``trailing_slash`` whether it ended in ``/``."""
+class Found:
+    """A name under the root, held by a descriptor: ``fd`` (``O_PATH`` on Linux: it reads
+    nothing and opens no device; the caller closes it), ``st`` its ``fstat``, ``real`` where the
+    kernel says it is."""
 
+    fd: int
+    st: os.stat_result
     real: str
-    segments: tuple[str, ...]
-    trailing_slash: bool
 
 
 def decode_segments(raw_path: bytes) -> tuple[tuple[str, ...], bool]:
@@ -70,17 +89,37 @@ def decode_segments(raw_path: bytes) -> tuple[tuple[str, ...], bool]:
         text = decoded.decode("utf-8")
     except UnicodeDecodeError:
         raise HttpError(HTTPStatus.BAD_REQUEST, "path is not valid UTF-8") from None
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    _check_text(text)
+    # Whole-tuple operations only: a path of thousands of segments costs microseconds.
+    segments = tuple(filter(None, text.split("/")))
+    if "." in segments or ".." in segments:
+        raise HttpError(HTTPStatus.FORBIDDEN, "dot-segment in path")
+    return segments, text.endswith("/") and bool(segments)
+
+
+def _check_text(text: str) -> None:
+    # The rules on decoded text, shared by request paths and by the names a listing may show.
+    if _CONTROL.search(text):
         raise HttpError(HTTPStatus.BAD_REQUEST, "control character in path")
     if "\\" in text:
         raise HttpError(HTTPStatus.FORBIDDEN, "backslash in path")
     if _DOUBLE_ENCODED.search(text):
         raise HttpError(HTTPStatus.FORBIDDEN, "double-encoded dot, slash or NUL in path")
-    parts = text.split("/")
-    segments = tuple(p for p in parts if p)
-    if any(s in (".", "..") for s in segments):
-        raise HttpError(HTTPStatus.FORBIDDEN, "dot-segment in path")
-    return segments, text.endswith("/") and bool(segments)
+
+
+def servable_name(name: str, dotfiles: bool) -> bool:
+    """Whether a GET of this one name (as a listing links it, percent-encoded) would be let
+    through by the path rules: the same checks as :func:`decode_segments` and
+    :func:`check_hidden`, so a listing never shows a name that a GET refuses."""
+    if name.startswith(".") and (not dotfiles or is_upload_temp(name)):
+        return False
+    if _REFUSED.search(name):
+        return False
+    try:
+        name.encode("utf-8")  # os.scandir keeps undecodable bytes as surrogates
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def is_upload_temp(name: str) -> bool:
@@ -89,6 +128,8 @@ def is_upload_temp(name: str) -> bool:
 
 def check_hidden(segments: tuple[str, ...], dotfiles: bool) -> None:
     """404 for dotfiles (unless allowed) and, always, for our own upload temp files."""
+    if "/." not in "/" + "/".join(segments):
+        return  # no segment starts with a dot (upload temp names do too): the common case
     for s in segments:
         if is_upload_temp(s) or (s.startswith(".") and not dotfiles):
             raise HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
@@ -98,23 +139,69 @@ def inside(root_real: str, real: str) -> bool:
     return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
 
 
-def resolve(root_real: str, raw_path: bytes, *, dotfiles: bool, follow_symlinks: bool) -> Resolved:
-    """Map a request path to a real path under the root (see the module docstring)."""
-    segments, trailing = decode_segments(raw_path)
-    check_hidden(segments, dotfiles)
-    real = os.path.realpath(os.path.join(root_real, *segments))
-    if not follow_symlinks and not inside(root_real, real):
-        raise HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
-    return Resolved(real, segments, trailing)
+def under_root(root_real: str, segments: tuple[str, ...]) -> str:
+    """The path a request's segments name under the root (not yet resolved: see :func:`locate`)."""
+    # Not os.path.join, which takes time quadratic in the number of segments.
+    return root_real.rstrip("/") + "/" + "/".join(segments)
 
 
-def open_regular(path: str, root_real: str | None = None) -> tuple[int, os.stat_result]:
-    """Open a regular file for reading; 404 for anything else, 403 when not permitted.
+def locate(
+    root_real: str,
+    path: str,
+    *,
+    follow_symlinks: bool,
+    outside: HTTPStatus = HTTPStatus.NOT_FOUND,
+) -> Found:
+    """Open ``path`` as a :class:`Found` descriptor; ``outside`` (404) unless it is inside the
+    root.
 
-    With ``root_real``, also 404 when the file the kernel opened is not inside that root.
+    The kernel resolves the path in one ``open`` (symlinks, at most ``PATH_MAX`` bytes), and
+    the containment check is made on the descriptor, not on the path: whatever is swapped on
+    the way, before or after, what the caller goes on to read, list or delete is what was
+    checked. Every ``OSError`` becomes its status (:func:`os_error_to_http`), so a name that
+    vanishes mid-resolution is a 404, never a 500.
     """
     try:
-        fd = os.open(path, _OPEN_FLAGS)
+        fd = os.open(path, _LOCATE_FLAGS)
+    except OSError as exc:
+        raise os_error_to_http(exc) from None
+    found = None
+    try:
+        real = _real_path(fd, path)
+        if not follow_symlinks and not inside(root_real, real):
+            raise HttpError(
+                outside, _NOT_FOUND if outside == HTTPStatus.NOT_FOUND else "outside the root"
+            )
+        found = Found(fd, os.fstat(fd), real)
+    except OSError as exc:
+        raise os_error_to_http(exc) from None
+    finally:
+        if found is None:
+            os.close(fd)
+    return found
+
+
+def _real_path(fd: int, path: str) -> str:
+    try:
+        return os.readlink(f"{_PROC_FD}{fd}").removesuffix(" (deleted)")
+    except OSError:
+        if _REOPEN:
+            raise
+        # Not Linux: no /proc to ask, so the path is resolved again (and a race is possible).
+        return os.path.realpath(path)
+
+
+def open_regular(found: Found) -> tuple[int, os.stat_result]:
+    """A readable descriptor of the regular file ``found`` holds; 404 for anything else, 403
+    when not permitted. The file is reopened through its descriptor, never by name, so it is
+    the file that was checked; a FIFO or a device is refused before anything opens it."""
+    if not stat.S_ISREG(found.st.st_mode):
+        raise HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
+    try:
+        if _REOPEN:
+            fd = os.open(f"{_PROC_FD}{found.fd}", _REOPEN_FLAGS)
+        else:
+            fd = os.open(found.real, _OPEN_FLAGS)
     except OSError as exc:
         raise os_error_to_http(exc) from None
     try:
@@ -122,45 +209,46 @@ def open_regular(path: str, root_real: str | None = None) -> tuple[int, os.stat_
     except OSError:
         os.close(fd)
         raise
-    if not stat.S_ISREG(st.st_mode) or (
-        root_real is not None and not _opened_inside(root_real, fd)
-    ):
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise HttpError(HTTPStatus.NOT_FOUND, _NOT_FOUND)
     return fd, st
 
 
-def open_folder(folder: str, root_real: str) -> int:
+def open_listable(found: Found) -> int:
+    """A descriptor that ``os.scandir`` can read, of the very folder ``found`` holds."""
+    try:
+        if _REOPEN:
+            return os.open(".", _LIST_FLAGS, dir_fd=found.fd)
+        return os.open(found.real, _LIST_FLAGS)
+    except OSError as exc:
+        raise os_error_to_http(exc) from None
+
+
+def open_folder(root_real: str, segments: tuple[str, ...]) -> int:
     """A descriptor for the folder a PUT writes into, checked to be inside the root.
 
-    The path was resolved and checked before, but a folder on the way may be swapped for a
-    symlink before the upload ends: creating, renaming and unlinking relative to this
-    descriptor keeps every write in the folder that was checked. ``O_PATH`` needs no read
-    permission on the folder, only what the path walk needs.
+    Creating, renaming and unlinking relative to this descriptor keeps every write in the
+    folder that was checked, even if a folder on the way is swapped for a symlink before the
+    upload ends. Symlinks out of the root are never followed for writing: 403.
     """
+    path = under_root(root_real, segments)
     try:
-        fd = os.open(folder, _FOLDER_FLAGS)
+        fd = os.open(path, _LOCATE_FLAGS | os.O_DIRECTORY)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise HttpError(
                 HTTPStatus.CONFLICT, "the parent folder does not exist", close=True
             ) from None
         raise os_error_to_http(exc) from None
-    if not _opened_inside(root_real, fd):
+    try:
+        real = _real_path(fd, path)
+    except OSError:
+        real = ""  # vanished as we looked: treated as outside
+    if not inside(root_real, real):
         os.close(fd)
         raise HttpError(HTTPStatus.FORBIDDEN, "outside the served folder", close=True)
     return fd
-
-
-def _opened_inside(root_real: str, fd: int) -> bool:
-    # O_NOFOLLOW guards only the last component: a folder on the way swapped for a symlink
-    # between realpath and open would lead out of the root. Linux names the file actually
-    # opened; without /proc there is nothing more to check.
-    try:
-        opened = os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return True
-    return inside(root_real, opened.removesuffix(" (deleted)"))
 
 
 def os_error_to_http(exc: OSError) -> HttpError:
@@ -196,35 +284,54 @@ def os_error_to_http(exc: OSError) -> HttpError:
 
 
 def strong_etag(st: os.stat_result, coding: bytes = b"") -> bytes:
-    """A strong validator from identity, size and mtime in nanoseconds (stable across restarts).
+    """A strong validator from size and mtime in nanoseconds: stable across restarts and equal
+    on every replica that holds a copy made with its mtime (``rsync -a``, ``cp -p``), so a
+    client can switch servers behind a balancer. No inode: it differs per machine.
 
     A precompressed variant gets its sidecar's own stat plus its coding, so it never shares an
     ETag with the original or with another coding (RFC 9110 §8.8.3.3).
     """
     if coding:
-        return b'"%x-%x-%x-%s"' % (st.st_ino, st.st_size, st.st_mtime_ns, coding)
-    return b'"%x-%x-%x"' % (st.st_ino, st.st_size, st.st_mtime_ns)
+        return b'"%x-%x-%s"' % (st.st_size, st.st_mtime_ns, coding)
+    return b'"%x-%x"' % (st.st_size, st.st_mtime_ns)
 
 
 def sidecar(
     root_real: str, real: str, suffix: str, original: os.stat_result, *, follow_symlinks: bool
-) -> str | None:
-    """The real path of a usable precompressed sidecar ``real + suffix``, or ``None``.
+) -> Found | None:
+    """A usable precompressed sidecar ``real + suffix`` (the caller closes it), or ``None``.
 
-    The sidecar passes the same checks as a requested file (resolved inside the root unless
-    ``--follow-symlinks``, a regular file) and must not be older than the original: a stale
-    sidecar would serve content that no longer matches the file the client asked for.
+    The sidecar passes the same checks as a requested file (:func:`locate`: inside the root
+    unless ``--follow-symlinks``; a regular file) and must not be older than the original: a
+    stale sidecar would serve content that no longer matches the file the client asked for.
     """
-    candidate = os.path.realpath(real + suffix)
-    if not follow_symlinks and not inside(root_real, candidate):
-        return None
     try:
-        st = os.stat(candidate)
-    except OSError:
+        found = locate(root_real, real + suffix, follow_symlinks=follow_symlinks)
+    except HttpError:
         return None
-    if not stat.S_ISREG(st.st_mode) or st.st_mtime_ns < original.st_mtime_ns:
+    if not stat.S_ISREG(found.st.st_mode) or found.st.st_mtime_ns < original.st_mtime_ns:
+        os.close(found.fd)
         return None
-    return candidate
+    return found
+
+
+# An HTTP-date (RFC 9110 §5.6.7) has a four-digit year, and Python cannot format a time before
+# year 1 at all. A file's mtime can be anything (tmpfs and btrfs take any signed 64-bit value):
+# one before 1970 or after 9999 is treated as unknown, so no Last-Modified is sent for it.
+_LATEST_HTTP_TIME = 253_402_300_799  # 9999-12-31T23:59:59Z
+
+
+def http_mtime(st: os.stat_result) -> int | None:
+    """The file's mtime in whole seconds if an HTTP-date can carry it, else ``None``."""
+    mtime = st.st_mtime_ns // 1_000_000_000
+    return mtime if 0 <= mtime <= _LATEST_HTTP_TIME else None
+
+
+def last_modified(st: os.stat_result, wall: float) -> int | None:
+    """Last-Modified in seconds: the mtime, never later than ``wall`` (the Date sent), or
+    ``None`` when the mtime is outside what an HTTP-date can express."""
+    mtime = http_mtime(st)
+    return None if mtime is None else min(mtime, int(wall))
 
 
 # Types that browsers need right and that system mime.types files get wrong or lack. Anything

@@ -29,11 +29,30 @@ section behind it and its own test, in docs/deviations.md):
 * D12. HTTP/1.2-1.9 are HTTP/1.1, Host requirement included (h11 requires it for 1.1 only).
 * D13. Content-Length, Transfer-Encoding and Host are refused as trailers (RFC 9110 §6.5.1; h11
   validates their values there like header values).
+* D14. Connection, Content-Length and Transfer-Encoding together hold at most
+  ``MAX_LIST_ELEMENTS`` list elements, empty ones included (h11 takes any number): 400.
 """
 
 from __future__ import annotations
 
 import re
+
+# RFC 9110 §5.6.1: a recipient MUST parse and ignore "a reasonable number of empty list
+# elements: enough to handle common mistakes by senders that merge values, but not so much that
+# they could be used as a denial-of-service mechanism". Elements of one list-valued field, its
+# repeated lines joined, empty ones included: a head of 32 KiB packs 16,000 of them, and each
+# costs a list parser in Python about a microsecond. Browsers send under 10; download managers
+# up to 16 ranges; a cache revalidating a few stored variants, a few entity-tags.
+MAX_LIST_ELEMENTS = 128
+
+
+def too_many_elements(value: bytes) -> bool:
+    """Whether list-valued ``value`` has more than ``MAX_LIST_ELEMENTS`` elements, counting
+    empty ones. It counts commas (in C, before any splitting), so a comma inside an element
+    (a quoted string, an entity-tag) counts as a separator too: the bound errs on the safe side.
+    """
+    return value.count(b",") >= MAX_LIST_ELEMENTS
+
 
 # RFC 9110 §5.6.2: token = 1*tchar; tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-"
 #   / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA

@@ -33,16 +33,19 @@ from .conditional import Outcome, evaluate, if_range_allows
 from .config import Config
 from .errors import HttpError
 from .files import (
+    Found,
     check_hidden,
     content_type,
     decode_segments,
-    inside,
+    last_modified,
+    locate,
     open_folder,
+    open_listable,
     open_regular,
     os_error_to_http,
-    resolve,
     sidecar,
     strong_etag,
+    under_root,
 )
 from .negotiate import SIDECARS, choose_coding, wants_json
 from .parser import Request
@@ -53,6 +56,8 @@ from .upload import Upload, lstat_in
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
 _INDEX = "index.html"
+# Says why, so that whoever runs the server sees at once what to change.
+_NO_INDEX = "this folder has no index.html, and listings are off (the server's --listing)"
 _CONDITIONS = (b"if-match", b"if-none-match", b"if-unmodified-since")
 
 
@@ -63,11 +68,12 @@ def _precondition_failed() -> HttpError:
 class Handler:
     """Turns requests into response plans for one root directory."""
 
-    __slots__ = ("allow", "config", "root_real")
+    __slots__ = ("allow", "config", "listings", "root_real")
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.root_real = os.path.realpath(config.root)
+        self.listings = listing.ListingCache()
         methods = [_GET, _HEAD, _OPTIONS]
         if not config.read_only:
             methods.append(_PUT)
@@ -105,30 +111,36 @@ class Handler:
     def _get(self, req: Request, wall: float) -> Response:
         head_only = req.method == _HEAD
         cfg = self.config
-        found = resolve(
-            self.root_real, req.path, dotfiles=cfg.dotfiles, follow_symlinks=cfg.follow_symlinks
+        segments, trailing = decode_segments(req.path)
+        check_hidden(segments, cfg.dotfiles)
+        # From here on, every name is held by a descriptor checked to be inside the root
+        # (files.locate): what is served or listed is what was checked, whatever is swapped.
+        found = locate(
+            self.root_real,
+            under_root(self.root_real, segments),
+            follow_symlinks=cfg.follow_symlinks,
         )
-        real = found.real
         try:
-            st = os.stat(real)
-        except OSError as exc:
-            raise os_error_to_http(exc) from None
-        if stat.S_ISDIR(st.st_mode):
-            if not found.trailing_slash and found.segments:
-                return self._redirect_to_dir(found.segments, req.query, head_only)
-            folder = real
-            real = os.path.realpath(os.path.join(folder, _INDEX))
-            if not os.path.lexists(os.path.join(folder, _INDEX)) and cfg.listing:
-                return self._listing(req, folder, found.segments, head_only)
-            if not cfg.follow_symlinks and not inside(self.root_real, real):
+            if stat.S_ISDIR(found.st.st_mode):
+                if not trailing and segments:
+                    return self._redirect_to_dir(segments, req.query, head_only)
+                index = os.path.join(found.real, _INDEX)
+                if not os.path.lexists(index):
+                    if cfg.listing:
+                        return self._listing(req, found, segments, head_only)
+                    raise HttpError(HTTPStatus.NOT_FOUND, _NO_INDEX)
+                file = locate(self.root_real, index, follow_symlinks=cfg.follow_symlinks)
+                os.close(found.fd)
+                found = file
+            elif trailing:
                 raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
-        elif found.trailing_slash:
-            raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
-        fd, st = open_regular(real, None if cfg.follow_symlinks else self.root_real)
-        fd, st, coding, vary = self._pick_variant(req, real, fd, st)
+            fd, st = open_regular(found)
+        finally:
+            os.close(found.fd)
+        fd, st, coding, vary = self._pick_variant(req, found.real, fd, st)
         sent = False
         try:
-            resp = self._serve_file(req, real, fd, st, coding, vary, int(wall), head_only)
+            resp = self._serve_file(req, found.real, fd, st, coding, vary, int(wall), head_only)
             sent = resp.file_fd >= 0
             return resp
         finally:
@@ -146,31 +158,31 @@ class Handler:
         cfg = self.config
         if not cfg.precompressed:
             return fd, st, b"", []
-        found = [
-            (c, path)
-            for c, suffix in SIDECARS
-            if (
-                path := sidecar(
+        found = {}
+        try:
+            for c, suffix in SIDECARS:
+                side = sidecar(
                     self.root_real, real, suffix, st, follow_symlinks=cfg.follow_symlinks
                 )
-            )
-        ]
-        if not found:
-            return fd, st, b"", []
-        # Every variant says it depends on Accept-Encoding, the identity one included, or a
-        # cache could hand the identity bytes to a client that asked for br, or the reverse.
-        vary = [(b"Vary", b"Accept-Encoding")]
-        chosen = choose_coding(req.get(b"accept-encoding"), [c for c, _ in found])
-        if chosen is None:
-            return fd, st, b"", vary
-        try:
-            side_fd, side_st = open_regular(
-                dict(found)[chosen], None if cfg.follow_symlinks else self.root_real
-            )
-        except HttpError:
-            return fd, st, b"", vary  # vanished or unreadable since the stat: the original will do
-        os.close(fd)
-        return side_fd, side_st, chosen, vary
+                if side is not None:
+                    found[c] = side
+            if not found:
+                return fd, st, b"", []
+            # Every variant says it depends on Accept-Encoding, the identity one included, or a
+            # cache could hand the identity bytes to a client that asked for br, or the reverse.
+            vary = [(b"Vary", b"Accept-Encoding")]
+            chosen = choose_coding(req.get(b"accept-encoding"), list(found))
+            if chosen is None:
+                return fd, st, b"", vary
+            try:
+                side_fd, side_st = open_regular(found[chosen])
+            except HttpError:
+                return fd, st, b"", vary  # unreadable: the original will do
+            os.close(fd)
+            return side_fd, side_st, chosen, vary
+        finally:
+            for side in found.values():
+                os.close(side.fd)
 
     def _serve_file(
         self,
@@ -185,9 +197,11 @@ class Handler:
     ) -> Response:
         """The 200, 206 or 304 for an open file (or 412, 416 raised). Never closes ``fd``."""
         etag = strong_etag(st, coding)
-        last_modified = int(min(st.st_mtime, wall))
-        validators = [(b"ETag", etag), (b"Last-Modified", http_date(last_modified))]
-        outcome = evaluate(req.method, req.get, etag, last_modified)
+        modified = last_modified(st, wall)
+        validators = [(b"ETag", etag)]
+        if modified is not None:
+            validators.append((b"Last-Modified", http_date(modified)))
+        outcome = evaluate(req.method, req.get, etag, modified)
         if outcome is Outcome.PRECONDITION_FAILED:
             raise _precondition_failed()
         if outcome is Outcome.NOT_MODIFIED:
@@ -203,7 +217,10 @@ class Handler:
         range_value = req.get(b"range") if req.method == _GET else None
         if range_value is not None:
             if_range = req.get(b"if-range")
-            if if_range is None or if_range_allows(if_range, etag, last_modified, wall):
+            # Without a Last-Modified, a date in If-Range can never match (0 < 0 is false).
+            if if_range is None or if_range_allows(
+                if_range, etag, modified or 0, wall if modified is not None else 0
+            ):
                 ranges = plan_ranges(range_value, size)
         if ranges == []:
             raise HttpError(
@@ -235,39 +252,62 @@ class Handler:
         )
 
     def _listing(
-        self, req: Request, folder: str, segments: tuple[str, ...], head_only: bool
+        self, req: Request, folder: Found, segments: tuple[str, ...], head_only: bool
     ) -> Response:
-        cfg = self.config
-        try:
-            entries, truncated = listing.scan(
-                folder,
-                self.root_real,
-                dotfiles=cfg.dotfiles,
-                follow_symlinks=cfg.follow_symlinks,
-            )
-        except OSError as exc:
-            raise os_error_to_http(exc) from None
         url_path = "/" + "".join(s + "/" for s in segments)
-        if wants_json(req.get(b"accept")):
+        is_json = wants_json(req.get(b"accept"))
+        key = listing.page_key(folder.st, is_json, url_path)
+        now = time.monotonic()
+        page = self.listings.get(key, now)
+        if page is None:
+            page = self._build_listing(folder, url_path, is_json, now)
+            self.listings.put(key, page)
+        vary = (b"Vary", b"Accept")
+        outcome = evaluate(req.method, req.get, page.etag, None)
+        if outcome is Outcome.PRECONDITION_FAILED:
+            raise _precondition_failed()
+        if outcome is Outcome.NOT_MODIFIED:
+            return Response(HTTPStatus.NOT_MODIFIED, [(b"ETag", page.etag), vary])
+        headers = [
+            (b"Content-Type", page.ctype),
+            (b"Content-Length", b"%d" % len(page.body)),
+            (b"ETag", page.etag),
+            vary,
+        ]
+        return Response(HTTPStatus.OK, headers, b"" if head_only else page.body)
+
+    def _build_listing(
+        self, folder: Found, url_path: str, is_json: bool, now: float
+    ) -> listing.Page:
+        cfg = self.config
+        key = listing.folder_key(folder.st)
+        scanned = self.listings.get_scan(key, now)
+        if scanned is None:
+            list_fd = open_listable(folder)
+            try:
+                entries, truncated = listing.scan(
+                    list_fd,
+                    folder.real,
+                    self.root_real,
+                    dotfiles=cfg.dotfiles,
+                    follow_symlinks=cfg.follow_symlinks,
+                )
+            except OSError as exc:
+                raise os_error_to_http(exc) from None
+            finally:
+                os.close(list_fd)
+            scanned = listing.Scan(entries, truncated, now)
+            self.listings.put_scan(key, scanned)
+        entries, truncated = scanned.entries, scanned.truncated
+        if is_json:
             ctype, body = listing.JSON_TYPE, listing.render_json(url_path, entries, truncated)
         else:
             ctype, body = listing.HTML_TYPE, listing.render_html(url_path, entries, truncated)
         # A listing has no file to take validators from; a hash of its bytes is a strong ETag
-        # (the two formats differ, so they never share one) and lets browsers revalidate.
+        # (the two formats differ, so they never share one) and lets browsers revalidate. It
+        # is computed once per build: a cached page carries it.
         etag = b'"l-%s"' % hashlib.blake2b(body, digest_size=12).hexdigest().encode("ascii")
-        vary = (b"Vary", b"Accept")
-        outcome = evaluate(req.method, req.get, etag, None)
-        if outcome is Outcome.PRECONDITION_FAILED:
-            raise _precondition_failed()
-        if outcome is Outcome.NOT_MODIFIED:
-            return Response(HTTPStatus.NOT_MODIFIED, [(b"ETag", etag), vary])
-        headers = [
-            (b"Content-Type", ctype),
-            (b"Content-Length", b"%d" % len(body)),
-            (b"ETag", etag),
-            vary,
-        ]
-        return Response(HTTPStatus.OK, headers, b"" if head_only else body)
+        return listing.Page(ctype, body, etag, scanned.built)
 
     def _redirect_to_dir(
         self, segments: tuple[str, ...], query: bytes | None, head_only: bool
@@ -295,12 +335,9 @@ class Handler:
             raise HttpError(
                 HTTPStatus.FORBIDDEN, "hidden names cannot be written", close=True
             ) from None
-        # Symlinks are never followed for writing, whatever --follow-symlinks says.
-        parent = os.path.realpath(os.path.join(self.root_real, *segments[:-1]))
-        if not inside(self.root_real, parent):
-            raise HttpError(HTTPStatus.FORBIDDEN, "outside the served folder", close=True)
-        # From here on the folder is a checked descriptor, not a path (see upload.py).
-        folder_fd = open_folder(parent, self.root_real)
+        # Symlinks are never followed out of the root for writing, whatever --follow-symlinks
+        # says. From here on the folder is a checked descriptor, not a path (see upload.py).
+        folder_fd = open_folder(self.root_real, segments[:-1])
         try:
             self._check_put_preconditions(req, lstat_in(folder_fd, segments[-1]), wall)
         except BaseException:
@@ -314,7 +351,7 @@ class Handler:
         """412 unless the conditions hold for the target whose ``lstat`` is ``st`` (None: absent,
         which is fine)."""
         if st is None:
-            etag = last_modified = None
+            etag = modified = None
         else:
             if stat.S_ISDIR(st.st_mode):
                 raise HttpError(HTTPStatus.CONFLICT, "the target is a directory", close=True)
@@ -322,10 +359,10 @@ class Handler:
                 raise HttpError(
                     HTTPStatus.FORBIDDEN, "the target is not a regular file", close=True
                 )
-            etag, last_modified = strong_etag(st), int(min(st.st_mtime, wall))
+            etag, modified = strong_etag(st), last_modified(st, wall)
         # Answered before the body is read; the connection then closes, since the unread
         # body would otherwise be taken for the next request.
-        if evaluate(_PUT, req.get, etag, last_modified) is Outcome.PRECONDITION_FAILED:
+        if evaluate(_PUT, req.get, etag, modified) is Outcome.PRECONDITION_FAILED:
             raise _precondition_failed()
 
     def finish_upload(self, upload: Upload, req: Request) -> Response:
@@ -356,13 +393,28 @@ class Handler:
             check_hidden(segments, self.config.dotfiles)
         except HttpError:
             raise HttpError(HTTPStatus.FORBIDDEN, "hidden names cannot be deleted") from None
-        # As for PUT, symlinks are never followed to find what to delete.
-        parent = os.path.realpath(os.path.join(self.root_real, *segments[:-1]))
-        if not inside(self.root_real, parent):
-            raise HttpError(HTTPStatus.FORBIDDEN, "outside the served folder")
-        target = os.path.join(parent, segments[-1])
+        # As for PUT, symlinks are never followed out of the root to find what to delete, and
+        # the name is removed relative to the descriptor of the folder that was checked: a
+        # folder swapped for a symlink after the check changes nothing.
+        parent = locate(
+            self.root_real,
+            under_root(self.root_real, segments[:-1]),
+            follow_symlinks=False,
+            outside=HTTPStatus.FORBIDDEN,
+        )
         try:
-            st = os.lstat(target)
+            if not stat.S_ISDIR(parent.st.st_mode):
+                raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
+            self._delete_in(req, parent.fd, segments[-1], trailing, wall)
+        finally:
+            os.close(parent.fd)
+        return Response(HTTPStatus.NO_CONTENT)
+
+    def _delete_in(
+        self, req: Request, folder_fd: int, name: str, trailing: bool, wall: float
+    ) -> None:
+        try:
+            st = os.lstat(name, dir_fd=folder_fd)
         except OSError as exc:
             raise os_error_to_http(exc) from None
         is_dir = stat.S_ISDIR(st.st_mode)
@@ -370,16 +422,19 @@ class Handler:
             raise HttpError(HTTPStatus.FORBIDDEN, "only files and empty folders can be deleted")
         if trailing and not is_dir:
             raise HttpError(HTTPStatus.NOT_FOUND, "no such file")
-        etag, last_modified = strong_etag(st), int(min(st.st_mtime, wall))
-        if evaluate(_DELETE, req.get, etag, last_modified) is Outcome.PRECONDITION_FAILED:
+        etag, modified = strong_etag(st), last_modified(st, wall)
+        if evaluate(_DELETE, req.get, etag, modified) is Outcome.PRECONDITION_FAILED:
             raise _precondition_failed()
         try:
             if is_dir:
-                os.rmdir(target)
+                os.rmdir(name, dir_fd=folder_fd)
             else:
-                os.unlink(target)
+                os.unlink(name, dir_fd=folder_fd)
         except OSError as exc:
             if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise HttpError(HTTPStatus.CONFLICT, "the folder is not empty") from None
+            # The name was swapped for a folder after the lstat, or is a mount point: a state
+            # the client can look at and retry, not a server fault.
+            if exc.errno in (errno.EISDIR, errno.EBUSY):
+                raise HttpError(HTTPStatus.CONFLICT, "the target changed or is in use") from None
             raise os_error_to_http(exc) from None
-        return Response(HTTPStatus.NO_CONTENT)

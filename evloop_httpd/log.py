@@ -18,9 +18,10 @@ import time
 import traceback
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import unquote_to_bytes
 
 from .config import Config
-from .connection import Connection
+from .connection import Address, Connection
 from .states import INTEREST, ConnState, Input
 
 _CSV_HEADER = [
@@ -32,13 +33,65 @@ _CSV_HEADER = [
     "url",
     "status",
     "bytes_sent",
+    # Added later, so at the end: readers that count columns keep working.
+    "time",
+    "user",
+    "path",
 ]
 _INTEREST_NAMES = {0: "none", 1: "read", 2: "write", 3: "read|write"}
+
+
+def _whole_lines(pending: bytearray) -> int:
+    """How much of ``pending`` to write at once: whole lines only, up to ``PIPE_BUF`` bytes (a
+    pipe takes that much atomically), or one longer line whole. So processes sharing a log
+    (``--workers``) never interleave mid-line: each line is in one ``write`` of its own
+    process. Only a line longer than PIPE_BUF, written to a pipe, can still be split."""
+    end = pending.rfind(b"\n", 0, select.PIPE_BUF) + 1
+    if end == 0:
+        end = pending.find(b"\n") + 1 or len(pending)
+    return end
 
 
 def _printable(raw: bytes) -> str:
     # Log lines must not let a client forge lines or terminal escapes.
     return raw.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def escape_text(text: str, also: str = "") -> str:
+    """``text`` with every character that is not printable (C0 and C1 controls, DEL, bidi and
+    other format characters such as U+202E, line and paragraph separators), the backslash and
+    those in ``also`` written as ``\\xNN``/``\\uNNNN``: one log line stays one line, shows
+    what was sent, and cannot reorder or recolour what a terminal displays."""
+    if text.isprintable() and "\\" not in text and not any(c in text for c in also):
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() and c != "\\" and c not in also:
+            out.append(c)
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        elif ord(c) < 0x10000:
+            out.append(f"\\u{ord(c):04x}")
+        else:
+            out.append(f"\\U{ord(c):08x}")
+    return "".join(out)
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell a spreadsheet shows as text: one that a spreadsheet would read as a formula
+    (leading ``=``, ``+``, ``-``, ``@``, tab or CR) gets a ``'`` in front (OWASP's advice)."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def decoded_path(raw_path: bytes) -> str:
+    """The request's path, percent-decoded as UTF-8 (invalid bytes as ``\\xNN``), escaped."""
+    text = unquote_to_bytes(raw_path).decode("utf-8", "surrogateescape")
+    return escape_text(text)
 
 
 class _Sink:
@@ -111,7 +164,7 @@ class _Sink:
                     note = f"evloop_httpd: a stalled log reader lost {self._dropped} bytes\n"
                     self._pending[:0] = note.encode()
                     self._dropped = 0
-                n = os.write(self._fd, self._pending[: select.PIPE_BUF])
+                n = os.write(self._fd, self._pending[: _whole_lines(self._pending)])
                 del self._pending[:n]
         except BlockingIOError:
             return
@@ -132,21 +185,23 @@ class _Sink:
 class Logs:
     """Implements the connection's ``Observer`` and the reactor's own messages."""
 
-    def __init__(self, config: Config, stderr: TextIO | None = None) -> None:
+    def __init__(
+        self, config: Config, stderr: TextIO | None = None, worker: int | None = None
+    ) -> None:
         err = stderr if stderr is not None else sys.stderr
         self._err = _Sink(err, owned=False)
         self._access = None if config.quiet else self._err
         self._trace = config.trace
+        self.worker = worker  # which worker this process is, with --workers; None: the only one
+        self._who = "" if worker is None else f" w{worker}"
         self._stamps: dict[str, tuple[int, str]] = {}
         self._csv: _Sink | None = None
         self._csv_rows = io.StringIO()
         self._csv_writer = csv.writer(self._csv_rows, lineterminator="\n")
         self._heads: _Sink | None = None
         if config.stats_csv is not None:
+            write_csv_header(config.stats_csv)
             self._csv = _open(config.stats_csv)
-            if config.stats_csv.stat().st_size == 0:
-                self._csv_writer.writerow(_CSV_HEADER)
-                self._take_csv()
         if config.response_log is not None:
             self._heads = _open(config.response_log)
 
@@ -155,7 +210,8 @@ class Logs:
     def transition(self, conn: Connection, old: ConnState, inp: Input, new: ConnState) -> None:
         interest = _INTEREST_NAMES[INTEREST[new]]
         self._err.add(
-            f"trace #{conn.ident} {old.name} --{inp.name}--> {new.name} (wait for {interest})\n"
+            f"trace{self._who} #{conn.ident} {old.name} --{inp.name}--> {new.name}"
+            f" (wait for {interest})\n"
         )
 
     def response_head(self, conn: Connection, head: bytes) -> None:
@@ -174,21 +230,29 @@ class Logs:
             url = _printable(req.raw_target)
             line = f"{method} {url} HTTP/{req.http_version.decode('ascii')}"
         else:
-            method, url, line = "-", "-", "-"
+            method, url, line = "", "", "-"
+        # The user name is the client's own bytes too (it could be any name, before a check).
+        user = conn.user
         if self._access is not None:
             stamp = self._stamp("%d/%b/%Y:%H:%M:%S +0000")
-            self._access.add(f'{conn.peer[0]} - - [{stamp}] "{line}" {conn.status} {conn.sent}\n')
+            who = "-" if user is None else escape_text(user, also=' "')
+            self._access.add(
+                f'{conn.peer[0]} - {who} [{stamp}] "{line}" {conn.status} {conn.sent}\n'
+            )
         if self._csv is not None:
             self._csv_writer.writerow(
                 [
-                    conn.local[0],
+                    csv_cell(conn.local[0]),
                     conn.local[1],
-                    conn.peer[0],
+                    csv_cell(conn.peer[0]),
                     conn.peer[1],
-                    method,
-                    url,
+                    csv_cell(method),
+                    csv_cell(url),
                     conn.status,
                     conn.sent,
+                    self._stamp("%Y-%m-%dT%H:%M:%SZ"),
+                    "" if user is None else csv_cell(escape_text(user)),
+                    "" if req is None else csv_cell(decoded_path(req.path)),
                 ]
             )
             self._take_csv()
@@ -204,7 +268,7 @@ class Logs:
 
     def debug(self, text: str) -> None:
         if self._trace:
-            self._err.add(f"debug {text}\n")
+            self._err.add(f"debug{self._who} {text}\n")
 
     def flush(self) -> None:
         self._err.flush()
@@ -235,10 +299,17 @@ class Logs:
         self._csv_rows.truncate()
 
 
+def write_csv_header(path: Path) -> None:
+    """Start a new or empty stats CSV with its header row (once, before workers fork)."""
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            csv.writer(f, lineterminator="\n").writerow(_CSV_HEADER)
+
+
 def _open(path: Path) -> _Sink:
     return _Sink(open(path, "a", encoding="utf-8", newline=""), owned=True)
 
 
-def _addr(addr: tuple) -> str:
+def _addr(addr: Address) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

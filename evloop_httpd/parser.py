@@ -38,6 +38,7 @@ _CONNECT = b"CONNECT"
 _CRLF = b"\r\n"
 _CONNECT_FORM = "CONNECT takes only an authority-form target (host:port)"
 _TCHAR = [bytes([b]) in grammar.TCHARS for b in range(256)]
+TOO_MANY_ELEMENTS = "too many list elements in Connection, Content-Length, Transfer-Encoding"
 _FRAMING_FIELDS = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"expect"}
 )
@@ -172,7 +173,12 @@ def _check_partial(
         raise min(found, key=lambda pair: pair[0])[1]
 
 
-def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
+_Target = tuple[bytes, bytes | None, bytes | None]  # path, query, host from an absolute-form
+
+
+def _parse_request_line(
+    buf: bytes | bytearray, start: int, end: int
+) -> tuple[bytes, bytes, bytes, _Target, int]:
     """Validate and split the request line of the complete head ``buf[start:end]``. Returns the
     pieces :func:`_interpret` takes, and where the field lines start."""
     line_end = buf.find(_CRLF, start, end + 2)
@@ -181,7 +187,7 @@ def _parse_request_line(buf: bytes | bytearray, start: int, end: int) -> tuple:
         method, raw_target, path, query, http_version = m.groups()
         if method == _CONNECT:
             raise bad_request(_CONNECT_FORM)
-        target = (path, query, None)
+        target: _Target = (path, query, None)
     else:
         request_line = bytes(buf[start:line_end])
         if not grammar.REQUEST_LINE.fullmatch(request_line):
@@ -252,7 +258,7 @@ def _interpret(
     method: bytes,
     raw_target: bytes,
     http_version: bytes,
-    target: tuple[bytes, bytes | None, bytes | None],
+    target: _Target,
     headers: list[tuple[bytes, bytes]],
     limits: Limits,
     head_size: int,
@@ -264,9 +270,14 @@ def _interpret(
     connection: list[bytes] = []
     expect: bytes | None = None
     has_te = False
+    elements = 0  # of the list-valued fields below, empty ones included (D14)
     for name, value in headers:
         if name not in _FRAMING_FIELDS:
             continue
+        if name != b"host" and name != b"expect":
+            elements += value.count(b",") + 1
+            if elements > grammar.MAX_LIST_ELEMENTS:
+                raise bad_request(TOO_MANY_ELEMENTS)
         if name == b"host":
             hosts.append(value)
         elif name == b"content-length":
@@ -327,7 +338,7 @@ def _list_elements(value: bytes) -> list[bytes]:
     return [e for e in (part.strip(b" \t") for part in value.split(b",")) if e]
 
 
-def _split_target(method: bytes, target: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+def _split_target(method: bytes, target: bytes) -> _Target:
     """Return (path, query, host-from-target) for the four forms of RFC 9112 §3.2."""
     if method == _CONNECT:
         # RFC 9112 §3.2.3: CONNECT takes the authority-form, and only it takes that form.

@@ -16,8 +16,9 @@ Amplification rule (RFC 9110 §14.3 and §17.15 warn about ranges that cost the 
 the file, "bytes=0-,0-,0-,..." being the classic): the response to a Range never carries more
 file bytes than the file has, and never more than ``MAX_PARTS`` parts. Concretely:
 
-* More than ``MAX_RANGE_SPECS`` range-specs: the field is ignored (a plain 200 costs exactly the
-  file, so ignoring is always safe and the RFC allows it).
+* More than ``MAX_RANGE_SPECS`` range-specs, or more than ``grammar.MAX_LIST_ELEMENTS`` list
+  elements counting empty ones (each costs a parse): the field is ignored (a plain 200 costs
+  exactly the file, so ignoring is always safe and the RFC allows it).
 * If any two satisfiable ranges overlap, or the gap between them is smaller than
   ``COALESCE_GAP_BYTES`` (less than the part headers a new part would cost), all ranges are
   sorted and merged; otherwise the parts keep the order the client asked for (§14.6).
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import re
 from itertools import pairwise
+
+from .grammar import too_many_elements
 
 MAX_RANGE_SPECS = 100  # download managers ask for 1-16; more is a scan or an attack
 MAX_PARTS = 32  # after coalescing; bounds per-response overhead to ~32 part headers
@@ -58,7 +61,7 @@ def parse_range(value: bytes) -> list[tuple[int | None, int | None]] | None:
     range "-N", ``(None, N)``.
     """
     m = _SPECIFIER.fullmatch(value)
-    if m is None:
+    if m is None or too_many_elements(value):
         return None
     specs: list[tuple[int | None, int | None]] = []
     for element in m.group(2).split(b","):

@@ -15,9 +15,26 @@ give each ready transport its turn; fire the timers that are due; flush the logs
    connection wants input, and hand the bytes over (TLS: or continue the handshake, or the
    record that waited for the other direction);
 2. ``transport.pump()``: send what the connection has to send, send-first, within a budget;
+   a *parked* connection (see below) first starts one of its waiting requests;
 3. settle: ``transport.settle()`` says what the selector should wait for, or that the
    transport is done; the server calls ``modify`` only if that changed, closes a finished
    transport, and re-arms the timer only if the deadline moved earlier (:mod:`timers`).
+
+*Work budget*: sends are not what a request costs. A cached GET takes microseconds, a listing
+of a big folder or a path of thousands of segments takes milliseconds, and a pipeline can hold
+dozens of either. So each turn of a connection has a time budget (``WORK_BUDGET_S``, from the
+start of the turn, measured with ``perf_counter`` between requests): the connection starts the
+next pipelined request only while it lasts (``ctx.may_start``). Past it, the connection
+*parks*: whole requests wait in ``inbuf``, the connection waits to write (a socket almost
+always is writable, so the next ``select`` returns at once, after everyone else ready now had
+their turn; and a client that does not read its responses gets no more made for it), and the
+next turn starts one of them whatever the clock says, so each turn makes progress. A turn
+therefore costs at most the budget plus one request, whatever the client pipelines. Nothing is
+read while parked, so ``inbuf`` stays within its bound.
+
+A new connection gets its first turn right after the accept batch that took it: its request has
+usually come with the handshake, and waiting for the next ``select`` would put every other
+ready connection's turn in front of it.
 
 A TLS transport may hold decrypted input above the kernel, where ``select`` cannot see it
 (``buffered()``); such a transport is served again on the next pass without waiting.
@@ -26,6 +43,11 @@ Accepting is a bounded loop. At ``--max-connections``, or when ``accept`` fails 
 descriptors (``EMFILE``/``ENFILE``), the listener is unregistered: new clients wait in the
 kernel's backlog until a connection closes (or, for EMFILE, a short back-off passes), instead of
 the loop spinning on a listener it cannot serve.
+
+Listening sockets are bound here (:meth:`Server.bind`) or handed over (:meth:`Server.adopt`:
+systemd's, or the supervisor's shared among workers); there may be several. On a graceful stop
+the loop closes its listeners, drops connections that were promised nothing, but serves a
+request already waiting in the kernel: a reload must not fail it (see supervisor.py).
 
 Sockets are registered by descriptor number, not by object: a TLS transport replaces its
 socket object by an ``SSLSocket`` on the same descriptor, and the registration must survive.
@@ -47,26 +69,40 @@ import time
 from collections.abc import Callable
 
 from .config import Config
-from .connection import Connection, Context
+from .connection import Address, Connection, Context
 from .log import Logs
 from .states import READ, ConnState
 from .timers import Timers
-from .transport import CLOSE, Transport
+from .transport import CLOSE, Transport, unacknowledged
 
 assert selectors.EVENT_READ == READ
 
+# Time per connection per wake-up after which no new pipelined request is started. 16 cached
+# GETs take about 0.3 ms, so batching is untouched; a 10 ms request is one per turn.
+WORK_BUDGET_S = 0.002
 ACCEPT_BATCH = 64  # accepts per wake-up of the listener
 EMFILE_BACKOFF_S = 0.1
+STOP_GRACE_S = 1.0  # on a stop, how long a just-accepted connection may take to send its request
 _OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 _MAX_SHARED_HOSTS = 4096
-_LISTENER = object()
 _WAKER = object()
+_GATE = object()
 S = ConnState
 
 
+class _Listening:
+    """A listening socket, as the selector's data for it."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+
 class Server:
-    """Listens on one address and serves connections until :meth:`request_stop`."""
+    """Listens on one address (or adopts listening sockets) and serves connections until
+    :meth:`request_stop`."""
 
     def __init__(self, config: Config, logs: Logs | None = None) -> None:
         self.config = config
@@ -80,8 +116,9 @@ class Server:
         self.logs = logs if logs is not None else Logs(config)
         self.ctx = Context(config, self.logs, b"https" if self.tls else b"http")
         self.sel = selectors.DefaultSelector()
-        self.listener: socket.socket | None = None
-        self.address: tuple = ("", 0)
+        self.listeners: list[_Listening] = []
+        self.address: Address = ("", 0)  # the first listener's
+        self._ask_local = False  # a wildcard address or several listeners: getsockname each
         self.count = 0  # open connections
         self.timers = Timers()
         self._ready: list[Transport] = []  # input buffered above the kernel (TLS)
@@ -92,15 +129,22 @@ class Server:
         self._stop_requested = False
         self._reload_requested = False
         self._shutdown_deadline: float | None = None
-        self._local_is_wildcard = False
+        self._work_until = 0.0  # perf_counter() past which this turn starts no new request
+        self.ctx.may_start = self._within_budget
+        self._authenticating: dict[int, Transport] = {}  # by connection number, for verdicts
         self._waker_r, self._waker_w = socket.socketpair()
         for s in (self._waker_r, self._waker_w):
             s.setblocking(False)
         self.sel.register(self._waker_r, selectors.EVENT_READ, _WAKER)
+        # Judge responses on what clients acknowledged only where the kernel says (Linux).
+        self.ctx.acks_known = unacknowledged(self._waker_w) is not None
+        gate = self.ctx.gate
+        if gate is not None and gate.sock is not None:  # password verdicts (auth.py)
+            self.sel.register(gate.sock, selectors.EVENT_READ, _GATE)
 
     # Set-up and tear-down
 
-    def bind(self) -> tuple:
+    def bind(self) -> Address:
         """Create the listening socket. Returns the bound (host, port, ...)."""
         host = self.config.host
         infos = socket.getaddrinfo(
@@ -116,9 +160,19 @@ class Server:
         except OSError:
             sock.close()
             raise
-        self.listener = sock
-        self.address = sock.getsockname()
-        self._local_is_wildcard = self.address[0] in ("0.0.0.0", "::")
+        return self.adopt([sock])
+
+    def adopt(self, socks: list[socket.socket]) -> Address:
+        """Serve listening sockets made elsewhere (systemd, or a supervisor sharing them among
+        workers) instead of binding. Returns the first one's address. They are closed on stop:
+        in a worker that closes only its own copy, and the queue stays with the others."""
+        for sock in socks:
+            sock.setblocking(False)
+            self.listeners.append(_Listening(sock))
+        self.address = self.listeners[0].sock.getsockname()
+        # A connection's local address is the listener's, unless that is a wildcard or there
+        # are several listeners: then ask each accepted socket.
+        self._ask_local = len(self.listeners) > 1 or self.address[0] in ("0.0.0.0", "::")
         self._resume_accepting()
         return self.address
 
@@ -162,12 +216,13 @@ class Server:
         for t in self.transports():
             t.conn.abort()
             self._close(t)
-        self._stop_accepting()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
         self.sel.unregister(self._waker_r)
         self._waker_r.close()
+        if self.ctx.gate is not None:
+            if self.ctx.gate.sock is not None:
+                self.sel.unregister(self.ctx.gate.sock)
+            self.ctx.gate.close()
         self._waker_w.close()
         self.sel.close()
         self.logs.close()
@@ -195,10 +250,12 @@ class Server:
                             self._step(t, now, READ)
                 for key, mask in events:
                     data = key.data
-                    if data is _LISTENER:
-                        self._accept(now)
+                    if data.__class__ is _Listening:
+                        self._accept(data, now)
                     elif data is _WAKER:
                         self._drain_waker()
+                    elif data is _GATE:
+                        self._take_verdicts(now)
                     elif data.is_open:
                         self._step(data, now, mask)
                 self._run_timers(now)
@@ -226,6 +283,18 @@ class Server:
             return None
         return max(0.0, min(candidates) - now)
 
+    def _take_verdicts(self, now: float) -> None:
+        gate = self.ctx.gate
+        assert gate is not None and gate.sock is not None
+        for conn in gate.on_readable(now):
+            t = self._authenticating.pop(getattr(conn, "ident", -1), None)
+            if t is not None and t.is_open:
+                self._step(t, now)
+        if gate.broken:
+            self.logs.info("evloop_httpd: the password checker stopped; logins now get 503")
+            self.sel.unregister(gate.sock)
+            gate.close()
+
     def _drain_waker(self) -> None:
         try:
             while self._waker_r.recv(4096):
@@ -235,37 +304,49 @@ class Server:
 
     # Accepting
 
-    def _accept(self, now: float) -> None:
-        listener = self.listener
-        assert listener is not None
+    def _accept(self, listening: _Listening, now: float) -> None:
+        # The new connections get their first turn after the batch, not each as it comes: a
+        # client quick enough to reconnect within our turn would otherwise keep us in this
+        # loop for the whole batch, with the others' turns (and their closes) waiting.
+        fresh = self._accept_batch(listening, now)
+        for t in fresh:
+            if t.is_open:
+                self._step(t, now, READ)
+
+    def _accept_batch(self, listening: _Listening, now: float) -> list[Transport]:
+        listener = listening.sock
+        fresh: list[Transport] = []
         for _ in range(ACCEPT_BATCH):
             if self.count >= self.config.max_connections:
                 self.logs.debug("connection cap reached; pausing accept")
                 self._stop_accepting()
-                return
+                break
             try:
                 sock, addr = listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno in _OUT_OF_FDS:
                     self.logs.info(f"evloop_httpd: accept failed ({exc.strerror}); backing off")
                     self._stop_accepting()
                     self._accept_resume_at = now + EMFILE_BACKOFF_S
-                    return
+                    break
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            self._add(sock, addr, now)
+            t = self._add(sock, addr, now)
+            if t is not None:
+                fresh.append(t)
+        return fresh
 
-    def _add(self, sock: socket.socket, addr: tuple, now: float) -> None:
+    def _add(self, sock: socket.socket, addr: Address, now: float) -> Transport | None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            local = sock.getsockname() if self._local_is_wildcard else self.address
+            local = sock.getsockname() if self._ask_local else self.address
         except OSError:
             sock.close()
-            return
+            return None
         # Many connections come from few addresses: share one str per address (~60 bytes each
         # of the ~1 KiB an idle connection costs). The table is bounded; past it, no sharing.
         host = self._hosts.get(addr[0])
@@ -287,22 +368,33 @@ class Server:
         self.timers.arm(t, conn.deadline, self.count)
         if self.ctx.trace:
             self.logs.debug(f"#{conn.ident} accepted from {addr[0]}:{addr[1]}")
+        return t
 
     def _stop_accepting(self) -> None:
-        if self._accepting and self.listener is not None:
-            self.sel.unregister(self.listener)
+        if self._accepting:
+            for listening in self.listeners:
+                self.sel.unregister(listening.sock)
             self._accepting = False
 
     def _resume_accepting(self) -> None:
         self._accept_resume_at = None
-        if not self._accepting and self.listener is not None and self._shutdown_deadline is None:
-            self.sel.register(self.listener, selectors.EVENT_READ, _LISTENER)
+        if not self._accepting and self.listeners and self._shutdown_deadline is None:
+            for listening in self.listeners:
+                self.sel.register(listening.sock, selectors.EVENT_READ, listening)
             self._accepting = True
+
+    def _close_listeners(self) -> None:
+        self._stop_accepting()
+        for listening in self.listeners:
+            listening.sock.close()
+        self.listeners.clear()
 
     # One turn of one transport
 
     def _step(self, t: Transport, now: float, mask: int = 0, *, due: bool = False) -> None:
-        """Ready (or due), pump, settle."""
+        """Ready (or due), pump, settle. The turn's work budget starts now: the request read
+        in this turn counts too."""
+        self.start_turn()
         try:
             if due:
                 t.due(now)
@@ -326,13 +418,23 @@ class Server:
             t.events = want
         if want & READ and t.buffered():
             self._ready.append(t)
+        if t.conn.state is S.AUTHENTICATING:
+            self._authenticating[t.conn.ident] = t  # the verdict comes on the gate's socket
         self.timers.arm(t, t.conn.deadline, self.count)
+
+    def start_turn(self) -> None:
+        """A connection's turn begins: its work budget runs from now (see the docstring)."""
+        self._work_until = time.perf_counter() + WORK_BUDGET_S
+
+    def _within_budget(self) -> bool:
+        return time.perf_counter() < self._work_until
 
     def _close(self, t: Transport) -> None:
         if not t.is_open:
             return
         self.sel.unregister(t.fileno())  # before close: the number may be reused at once
         t.close()
+        self._authenticating.pop(t.conn.ident, None)
         self.count -= 1
         if self.count < self.config.max_connections and self._accept_resume_at is None:
             self._resume_accepting()
@@ -350,22 +452,48 @@ class Server:
     def _begin_shutdown(self, now: float) -> None:
         self._shutdown_deadline = now + self.config.timeouts.shutdown_s
         self.ctx.stopping = True
-        self._stop_accepting()
-        if self.listener is not None:
-            self.listener.close()
-            self.listener = None
+        self._close_listeners()
+        waiting = 0  # connections given a moment for a request that may be on its way
         for t in self.transports():
+            conn = t.conn
             # Nothing promised yet (idle, or still sending us a request): drop. A half-received
-            # PUT is aborted, which removes its temp file. Over TLS, the close sends
-            # close_notify (see tls.py).
-            if not t.pending and t.conn.state in (
+            # PUT is aborted, which removes its temp file. But a request that has arrived whole
+            # in the kernel and not been read yet (just accepted, or the next on a keep-alive
+            # connection) is served, with Connection: close: its client did nothing wrong, and
+            # on a reload (see supervisor.py) dropping it would fail a request. Over TLS, the
+            # close sends close_notify (see tls.py).
+            if not t.pending and conn.state in (
                 S.HANDSHAKING,
                 S.READING_HEADERS,
+                S.AUTHENTICATING,
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):
-                t.conn.abort()
+                if conn.state is S.READING_HEADERS and not conn.inbuf:
+                    if t.input_waits():
+                        continue
+                    if now - conn.phase_start < STOP_GRACE_S:
+                        # Just accepted (or just answered): its client has probably sent, or is
+                        # about to send, a request. A moment to arrive, then a quiet close.
+                        conn.deadline = min(conn.deadline, now + STOP_GRACE_S)
+                        self.timers.arm(t, conn.deadline, self.count)
+                        waiting += 1
+                        continue
+                conn.abort()
                 self._close(t)
+        # What a person who pressed Ctrl+C wants to know. A worker stays quiet: its supervisor
+        # speaks for all of them, once. Connections in the short grace for a request about to
+        # arrive are not transfers: they close quietly within STOP_GRACE_S.
+        in_flight = self.count - waiting
+        if self.logs.worker is not None:
+            pass
+        elif in_flight:
+            self.logs.info(
+                f"stopping: waiting up to {self.config.timeouts.shutdown_s:g} s for"
+                f" {in_flight} transfer(s) in flight; a second Ctrl+C stops at once"
+            )
+        else:
+            self.logs.info("stopping: no transfer in flight")
         self.logs.flush()
 
 

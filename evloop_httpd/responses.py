@@ -86,17 +86,6 @@ def assemble_head(status: int, middle: bytes, date: bytes, keep_alive: bool) -> 
     return b"".join((_STATUS_LINES[status], b"Date: ", date, _SERVER_LINE, middle, end))
 
 
-def encode_head(
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    date: bytes,
-    keep_alive: bool,
-    extra: tuple[tuple[bytes, bytes], ...] = (),
-) -> bytes:
-    """The status line and header section, CRLF-terminated, ready for the wire."""
-    return assemble_head(status, encode_middle(headers, extra), date, keep_alive)
-
-
 CONTINUE = _STATUS_LINES[HTTPStatus.CONTINUE] + b"\r\n"
 
 

@@ -55,6 +55,7 @@ class ConnState(Enum):
 
     HANDSHAKING = "TLS handshake"
     READING_HEADERS = "reading headers"
+    AUTHENTICATING = "awaiting a password check"
     WRITING_CONTINUE = "writing 100 Continue"
     READING_BODY = "reading body"
     WRITING_HEADERS = "writing headers"
@@ -69,6 +70,7 @@ class Input(Enum):
     HANDSHAKE_DONE = "TLS handshake complete"
     PLAIN_HTTP = "plain HTTP on the TLS port, 400 ready"
     HEAD_COMPLETE = "head complete, response ready"
+    CHECK_PASSWORD = "head complete, password to check"
     CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
     BODY_EXPECTED = "head complete, body follows"
     CONTINUE_SENT = "100 Continue sent"
@@ -99,6 +101,13 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
     (S.READING_HEADERS, I.PEER_EOF): S.CLOSED,
     (S.READING_HEADERS, I.TIMEOUT): S.CLOSED,
     (S.READING_HEADERS, I.ABORT): S.CLOSED,
+    (S.READING_HEADERS, I.CHECK_PASSWORD): S.AUTHENTICATING,
+    (S.AUTHENTICATING, I.HEAD_COMPLETE): S.WRITING_HEADERS,
+    (S.AUTHENTICATING, I.CONTINUE_EXPECTED): S.WRITING_CONTINUE,
+    (S.AUTHENTICATING, I.BODY_EXPECTED): S.READING_BODY,
+    (S.AUTHENTICATING, I.ERROR): S.WRITING_HEADERS,
+    (S.AUTHENTICATING, I.TIMEOUT): S.CLOSED,
+    (S.AUTHENTICATING, I.ABORT): S.CLOSED,
     (S.WRITING_CONTINUE, I.CONTINUE_SENT): S.READING_BODY,
     (S.WRITING_CONTINUE, I.TIMEOUT): S.CLOSED,
     (S.WRITING_CONTINUE, I.ABORT): S.CLOSED,
@@ -123,6 +132,9 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
 INTEREST: dict[ConnState, int] = {
     S.HANDSHAKING: READ,  # the ClientHello; the TLS transport asks for write when OpenSSL does
     S.READING_HEADERS: READ,
+    # Nothing: the verdict comes on the verifier's socket, and bytes the client sends meanwhile
+    # (a body, a pipelined request) wait in the kernel, which bounds them.
+    S.AUTHENTICATING: 0,
     S.WRITING_CONTINUE: WRITE,
     S.READING_BODY: READ,
     S.WRITING_HEADERS: WRITE,
@@ -132,5 +144,5 @@ INTEREST: dict[ConnState, int] = {
 }
 
 # States in which nothing of the current response has gone out, so an error can still be sent.
-CAN_RESPOND = frozenset({S.READING_HEADERS, S.READING_BODY})
+CAN_RESPOND = frozenset({S.READING_HEADERS, S.AUTHENTICATING, S.READING_BODY})
 MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})

@@ -181,7 +181,7 @@ class TlsTransport(Transport):
         conn = self.conn
         if conn.state is S.HANDSHAKING:
             self._handshake(now)
-            if conn.state is not S.READING_HEADERS or self.want:
+            if not conn.handshaken or self.want:
                 return
             # The first request often arrives with the client's last handshake flight.
         if conn.interest & READ:
@@ -359,6 +359,12 @@ class TlsTransport(Transport):
         if self.wrapped and not self.shut_wr:
             with contextlib.suppress(OSError, ValueError):
                 sock.unwrap()  # type: ignore[attr-defined]
+
+    def input_waits(self) -> bool:
+        try:
+            return bool(_RAW_RECV(self.sock, 1, socket.MSG_PEEK))  # type: ignore[arg-type]
+        except OSError:
+            return False
 
     def _nothing_unread(self) -> bool:
         # Peek at the raw bytes under TLS (SSLSocket.recv refuses flags): anything there, a

@@ -70,14 +70,22 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 S = ConnState
 
 
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux sockets
+
+
 def unacknowledged(sock: socket.socket) -> int | None:
     """Bytes in ``sock``'s send queue not yet acknowledged by the peer (Linux SIOCOUTQ), or
-    None where the kernel cannot tell. Asked only when a sending connection's timer expires."""
+    None where the kernel cannot tell. Asked only when a sending connection's timer expires:
+    about once per ``--stall-timeout`` for a client near ``--min-rate``, seldom for a fast one
+    (see ``Connection._progress``)."""
+    if _OUTQ is None:
+        return None
     try:
-        out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        out = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
     except OSError:
         return None
-    return int(struct.unpack("i", out)[0])
+    queued: int = struct.unpack("i", out)[0]
+    return queued
 
 
 class Transport:
@@ -137,6 +145,14 @@ class Transport:
         queued = unacknowledged(sock) if sock is not None else None
         return None if queued is None else queued + len(self.pending)
 
+    def input_waits(self) -> bool:
+        """Whether bytes wait unread in the kernel (at a stop, a request on its way is served
+        rather than dropped)."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK))  # type: ignore[union-attr]
+        except OSError:
+            return False  # nothing yet (EAGAIN), or reset: nothing to serve
+
     def read(self, now: float) -> None:
         sock = self.sock
         assert sock is not None
@@ -156,6 +172,8 @@ class Transport:
         then the file span."""
         conn = self.conn
         try:
+            if conn.parked:
+                conn.resume(now)  # a new turn: one waiting request starts whatever the clock
             for _ in range(PUMP_BUDGET):
                 out = conn.to_send()
                 if out:

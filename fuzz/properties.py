@@ -32,7 +32,8 @@ from evloop_httpd.body import ChunkedBody, FixedBody
 from evloop_httpd.config import Config, Limits
 from evloop_httpd.connection import Connection, Context
 from evloop_httpd.errors import HttpError
-from evloop_httpd.parser import Request, parse_head
+from evloop_httpd.grammar import MAX_LIST_ELEMENTS
+from evloop_httpd.parser import TOO_MANY_ELEMENTS, Request, parse_head
 from evloop_httpd.states import ConnState
 
 LIMITS = Limits()
@@ -202,6 +203,14 @@ def _odd_target(data: bytes) -> bool:
     return m is not None and (m[1] == b"CONNECT" or not _SIMPLE_TARGET.fullmatch(m[2]))
 
 
+def _many_framing_elements(data: bytes) -> bool:
+    # Counted independently of the parser: the commas + 1 of every framing list field line.
+    lines = re.findall(
+        rb"\n(?:connection|content-length|transfer-encoding):([^\r\n]*)", _head(data), re.I
+    )
+    return sum(line.count(b",") + 1 for line in lines) > MAX_LIST_ELEMENTS
+
+
 def _odd_host(data: bytes) -> bool:
     return any(not _SIMPLE_HOST.fullmatch(m[1]) for m in _HOST_LINE.finditer(_head(data)))
 
@@ -269,6 +278,11 @@ DEVIATIONS: tuple[Deviation, ...] = (
         "D13 framing field in a trailer",
         frozenset({"framing or routing field in a trailer"}),
         lambda d: bool(_FRAMING_TRAILER.search(d)),
+    ),
+    Deviation(
+        "D14 too many list elements in framing fields",
+        frozenset({TOO_MANY_ELEMENTS}),
+        _many_framing_elements,
     ),
     Deviation(
         "D12 Host required on HTTP/1.2-1.9",

@@ -109,9 +109,9 @@ def tiny_send_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accepted sockets get a tiny send buffer, so a client that stops reading stalls us fast."""
     real_add = Server._add
 
-    def add(self: Server, sock: socket.socket, addr: tuple, now: float) -> None:
+    def add(self: Server, sock: socket.socket, addr: tuple, now: float) -> Transport | None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SMALL_BUF)
-        real_add(self, sock, addr, now)
+        return real_add(self, sock, addr, now)
 
     monkeypatch.setattr(Server, "_add", add)
 

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import csv
+import os
+import select
 import signal
 import socket
 import subprocess
+import sys
+import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from .helpers import DEADLINE_S, Client, get, read_serving_port, spawn_cli
+import evloop_httpd
+from evloop_httpd.cli import program_name
+
+from .helpers import DEADLINE_S, REPO, Client, get, read_serving_port, spawn_cli
 
 
 def finish(proc: subprocess.Popen[str], sig: int = signal.SIGINT) -> tuple[int, str, str]:
@@ -68,10 +76,11 @@ def test_port_0_serves_and_sigint_stops_cleanly_with_logs(tmp_path: Path) -> Non
     code, _out, err = finish(proc, signal.SIGINT)
     assert code == 0
     assert '"GET / HTTP/1.1" 200' in err  # the access log, in Common Log Format
+    assert "stopping: no transfer in flight" in err
     rows = list(csv.reader(stats.open()))
     assert rows[0] == [
         "server_ip", "server_port", "client_ip", "client_port", "method", "url", "status",
-        "bytes_sent",
+        "bytes_sent", "time", "user", "path",
     ]  # fmt: skip
     assert rows[1][:2] == ["127.0.0.1", str(port)]
     assert rows[1][2] == "127.0.0.1"
@@ -111,8 +120,11 @@ def test_sigint_lets_an_in_flight_download_finish(tmp_path: Path) -> None:
     sock.close()
     body = bytes(got.split(b"\r\n\r\n", 1)[1])
     assert body == big.read_bytes()
-    proc.communicate(timeout=DEADLINE_S)
+    _, err = proc.communicate(timeout=DEADLINE_S)
     assert proc.returncode == 0
+    # History: Ctrl+C used to print nothing, leaving the user to guess why the server lingered.
+    assert "stopping: waiting up to 60 s for 1 transfer(s) in flight" in err
+    assert "a second Ctrl+C stops at once" in err
 
 
 def test_trace_shows_transitions_with_interest(tmp_path: Path) -> None:
@@ -211,3 +223,165 @@ def test_every_timeout_flag_reaches_the_config(tmp_path: Path) -> None:
         argv += [flag, str(1.5 + i)]
     timeouts = config_from(parser.parse_args(argv), parser).timeouts
     assert [getattr(timeouts, field) for field in flags.values()] == [1.5, 2.5, 3.5, 4.5, 5.5]
+
+
+# The first five minutes: what a new user types, and what they read when it goes wrong.
+
+
+def usage_error(*args: str) -> str:
+    """Run with ``args``, expect a usage error: exit status 2. Returns stderr."""
+    proc = spawn_cli(*args)
+    out, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 2, (out, err)
+    assert out == ""
+    return err
+
+
+def test_a_usage_error_is_the_error_and_a_hint_not_the_usage_block(tmp_path: Path) -> None:
+    # History: argparse printed its whole usage block (a screenful) above the line that mattered.
+    err = usage_error("-p", "0", "-d", str(tmp_path), "--no-such-flag")
+    assert err.splitlines() == [
+        "python -m evloop_httpd: error: unrecognized arguments: --no-such-flag",
+        "Try 'python -m evloop_httpd --help' for more.",
+    ]
+    err = usage_error("-p", "99999", "-d", str(tmp_path))
+    assert len(err.splitlines()) == 2
+    assert "port must be between 0 and 65535" in err
+
+
+def test_the_program_names_itself_as_it_was_started(tmp_path: Path) -> None:
+    # The console script pip writes runs main() with argv[0] set to the script's path.
+    script = (
+        "import sys; from evloop_httpd.cli import main;"
+        " sys.argv[0] = '/some/venv/bin/evloop-httpd'; sys.exit(main())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "--bogus"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "evloop-httpd: error: unrecognized arguments: --bogus",
+        "Try 'evloop-httpd --help' for more.",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv0", "name"),
+    [
+        ("/usr/local/bin/evloop-httpd", "evloop-httpd"),
+        ("/x/evloop_httpd/__main__.py", "python -m evloop_httpd"),
+        ("", "python -m evloop_httpd"),
+    ],
+)
+def test_program_name(monkeypatch: pytest.MonkeyPatch, argv0: str, name: str) -> None:
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert program_name() == name
+
+
+def test_version_is_the_package_version() -> None:
+    proc = spawn_cli("--version")
+    out, _ = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0
+    assert out == f"python -m evloop_httpd {evloop_httpd.__version__}\n"
+    # Written in one place: pyproject reads it from the package.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in project["project"]
+    assert "version" in project["project"]["dynamic"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "evloop_httpd.__version__"
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["port-first", "options-first"])
+def test_a_positional_port_as_http_server_takes_it(tmp_path: Path, before: bool) -> None:
+    (tmp_path / "f.txt").write_bytes(b"positional\n")
+    args = ["0", "--directory", str(tmp_path)]
+    proc = spawn_cli(*(args if before else [*args[1:], args[0]]))
+    port = read_serving_port(proc)
+    with Client(port) as c:
+        c.send(get("/f.txt"))
+        assert c.read_response().body == b"positional\n"  # --directory named the root
+    assert finish(proc)[0] == 0
+
+
+def test_a_positional_port_is_checked_like_p(tmp_path: Path) -> None:
+    assert "port must be" in usage_error("65536", "-d", str(tmp_path))
+
+
+def test_the_port_given_twice_is_an_error(tmp_path: Path) -> None:
+    err = usage_error("8000", "-p", "0", "-d", str(tmp_path))
+    assert "the port is given twice (8000 and -p 0)" in err
+
+
+@pytest.mark.parametrize("option", ["--stats-csv", "--response-log"])
+def test_a_log_file_that_cannot_be_opened_is_named(tmp_path: Path, option: str) -> None:
+    # History: this read "cannot listen on 127.0.0.1:0", sending users to look at the network.
+    path = tmp_path / "missing-folder" / "log"
+    err = usage_error("-p", "0", "-d", str(tmp_path), option, str(path))
+    assert f"cannot open the {option} file {str(path)!r}: No such file or directory" in err
+    assert "listen" not in err
+
+
+# Root ignores permission bits through CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH; drop them.
+_DROP_DAC = "-dac_override,-dac_read_search"
+_AS_A_USER = ["setpriv", f"--bounding-set={_DROP_DAC}", f"--inh-caps={_DROP_DAC}"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [(0o000, "cannot read it"), (0o300, "cannot read it"), (0o600, "cannot enter it")],
+)
+def test_a_root_the_server_cannot_read_or_enter_is_refused_at_start(
+    tmp_path: Path, mode: int, why: str
+) -> None:
+    # History: the server started and answered 403 to every request.
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "index.html").write_bytes(b"x")
+    os.chmod(root, mode)
+    try:
+        wrapper = _AS_A_USER if os.getuid() == 0 else []
+        proc = subprocess.run(
+            [*wrapper, sys.executable, "-m", "evloop_httpd", "-p", "0", "-d", str(root)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE_S,
+            check=False,
+        )
+    finally:
+        os.chmod(root, 0o755)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""  # never started serving
+    assert f"root {str(root)!r}: {why} (Permission denied)" in proc.stderr
+
+
+def read_line_with(proc: subprocess.Popen[str], text: str) -> str:
+    """The first line of the server's stderr, which must come before the deadline and hold text."""
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], DEADLINE_S)
+    assert ready, f"no line on stderr within {DEADLINE_S} s"
+    line = proc.stderr.readline()
+    assert text in line, line
+    return line
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    (tmp_path / "big.bin").write_bytes(b"b" * (64 * 1024 * 1024))  # more than kernel buffers hold
+    proc = spawn_cli("-p", "0", "-d", str(tmp_path), "-q", "--shutdown-timeout", "600")
+    port = read_serving_port(proc)
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as sock:
+        sock.sendall(get("/big.bin"))
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")  # then reads no more: it stalls
+        proc.send_signal(signal.SIGINT)
+        read_line_with(proc, "stopping: waiting up to 600 s for 1 transfer(s) in flight")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=DEADLINE_S)
+    assert time.monotonic() - started < DEADLINE_S  # not the 600 s grace
+    assert proc.returncode == 0
+    assert "stopping now: transfers in flight are cut short" in err

@@ -312,6 +312,24 @@ def test_acknowledged_bytes_do_not_relax_the_average_rate(root: Path) -> None:
     assert conn.state is S.CLOSED
 
 
+def test_a_response_rate_counts_what_the_client_acknowledged(root: Path) -> None:
+    # History: the rate bound counted bytes the kernel took, so 200,000 bytes in the send
+    # buffer at t=0 bought 5 s beyond the stall time for a client that read 1,000 of them.
+    conn, _ = make(root, timeouts={"stall_s": 10.0, "min_rate_bytes_s": 40_000})
+    conn.ctx.acks_known = True
+    conn.receive(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    conn.wrote(len(conn.out), 0.0)
+    conn.streamed(200_000, 0.0)
+    assert conn.deadline == 10.0  # nothing acknowledged yet: stall time only
+    conn.check_delivery(backlog=conn.sent - 40_000, now=10.0)  # 40,000 bytes acknowledged
+    conn.on_timeout(10.0)
+    assert conn.state is S.STREAMING_FILE
+    assert conn.deadline == 11.0  # 10 s + 40,000 bytes at 40,000 B/s, not 10 s + 5 s
+    conn.check_delivery(backlog=conn.sent - 40_000, now=11.0)  # nothing more: the bound stands
+    conn.on_timeout(11.0)
+    assert conn.state is S.CLOSED
+
+
 def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
     from evloop_httpd.connection import more_follows
 
@@ -402,3 +420,33 @@ def test_the_target_scheme_must_be_the_connections(
     conn.receive(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
     assert flush_out(conn).startswith(b"HTTP/1.1 %d " % status)
     assert conn.state is S.READING_HEADERS  # a 421 keeps the connection: framing is intact
+
+
+def test_out_of_budget_a_connection_parks_then_resumes_in_order(root: Path) -> None:
+    conn, _ = make(root)
+    budget = [True]
+    conn.ctx.may_start = lambda: budget[0]
+    get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.receive(get + b"GET /missing HTTP/1.1\r\nHost: x\r\n\r\n" + get, 0.0)
+    budget[0] = False  # the turn's budget is spent once the first response is under way
+    first = flush_out(conn)
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n") and first.count(b"HTTP/1.1 ") == 1
+    assert conn.parked and conn.state is S.READING_HEADERS and conn.interest == WRITE
+    conn.resume(0.0)  # a new turn starts one request whatever the budget says
+    assert not conn.parked
+    assert flush_out(conn).startswith(b"HTTP/1.1 404 ")
+    assert conn.parked
+    conn.resume(0.0)
+    assert flush_out(conn).startswith(b"HTTP/1.1 200 OK\r\n")
+    assert not conn.parked and not conn.inbuf and conn.interest == READ
+
+
+def test_a_parked_connection_whose_client_reads_nothing_closes_quietly(root: Path) -> None:
+    conn, _ = make(root)
+    conn.ctx.may_start = lambda: False
+    get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.receive(get * 2, 0.0)
+    flush_out(conn)
+    assert conn.parked
+    conn.on_timeout(conn.deadline)  # never writable all that while: no turn came
+    assert conn.state is S.CLOSED and not conn.out and not conn.cut_short

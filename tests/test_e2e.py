@@ -55,7 +55,10 @@ def test_directory_serves_index_and_redirects_without_slash(server: RunningServe
     moved = request(server.port, get("/sub?x=1"))
     assert moved.status == 301
     assert moved.header("Location") == "/sub/?x=1"
-    assert request(server.port, get("/noindex/")).status == 404
+    noindex = request(server.port, get("/noindex/"))
+    assert noindex.status == 404
+    # History: this said "no such file", which sent users looking for a missing folder.
+    assert b"no index.html" in noindex.body and b"--listing" in noindex.body
 
 
 def test_redirect_location_never_leaves_the_site(server: RunningServer) -> None:

@@ -7,11 +7,17 @@ real search is ``python -m fuzz`` (see fuzz/README.md).
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from evloop_httpd.connection import Connection
 from evloop_httpd.states import Input
 from fuzz import harness, properties
+
+from .helpers import DEADLINE_S, REPO
 
 SEEDS = harness.load_seeds()
 
@@ -66,3 +72,40 @@ def test_split_property_catches_a_split_dependent_parser(monkeypatch: pytest.Mon
     data = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
     with pytest.raises(AssertionError):
         properties.check_split(data, [len(data) - 2])
+
+
+def test_an_interrupt_hypothesis_lost_still_stops_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    # History: Ctrl+C sometimes vanished inside hypothesis and `python -m fuzz` ran on to its
+    # deadline. Here the handler's exception is lost outright: only its flag is left.
+    calls: list[int] = []
+    real = harness.TARGETS["total"]
+
+    def interrupted_once(stats: harness.Stats, *args: object) -> None:
+        calls.append(1)
+        harness.stop.set()  # what the signal handler does before it raises
+
+    monkeypatch.setitem(harness.TARGETS, "total", harness.Target(real.strategy, interrupted_once))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            harness.run("total", 1000, seed_value=1, stats=harness.Stats(), shrink=False)
+        with pytest.raises(KeyboardInterrupt):  # the next batch does not even start
+            harness.run("total", 1000, seed_value=2, stats=harness.Stats(), shrink=False)
+    finally:
+        harness.stop.clear()
+    assert len(calls) == 1
+
+
+def test_ctrl_c_stops_python_m_fuzz_with_a_report() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fuzz", "--minutes", "10"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("seed ")  # the handler is installed by now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=DEADLINE_S)
+    assert proc.returncode == 0, err
+    assert "] done: " in out

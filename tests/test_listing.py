@@ -67,11 +67,21 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
+def scan_path(
+    folder: Path, root: Path, *, dotfiles: bool, follow_symlinks: bool
+) -> tuple[list[Entry], bool]:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return scan(fd, str(folder), str(root), dotfiles=dotfiles, follow_symlinks=follow_symlinks)
+    finally:
+        os.close(fd)
+
+
 def test_scan_hides_what_a_get_would_hide(tree: Path) -> None:
-    entries, truncated = scan(str(tree / "stuff"), str(tree), dotfiles=False, follow_symlinks=False)
+    entries, truncated = scan_path(tree / "stuff", tree, dotfiles=False, follow_symlinks=False)
     assert [e.name for e in entries] == ["zdir", "<b>&.html", "A.txt", "b.txt", "in"]
     assert not truncated
-    with_dots, _ = scan(str(tree / "stuff"), str(tree), dotfiles=True, follow_symlinks=True)
+    with_dots, _ = scan_path(tree / "stuff", tree, dotfiles=True, follow_symlinks=True)
     names = [e.name for e in with_dots]
     assert ".hidden" in names and "out" in names
     assert not any(n.startswith(UPLOAD_PREFIX) for n in names)  # never, whatever the flags

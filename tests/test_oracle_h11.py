@@ -125,6 +125,25 @@ def test_d7_empty_transfer_coding_elements() -> None:
         assert ours[-1][:2] == ("error", 400) and theirs[-1][0] == "error"
 
 
+def test_d14_too_many_list_elements_in_framing_fields() -> None:
+    # History: thousands of empty elements in Connection cost a millisecond a request to split.
+    empties = b"," * 200
+    assert_deviation(
+        b"GET / HTTP/1.1\r\n" + H + b"Connection: keep-alive" + empties + b"\r\n\r\n",
+        "D14 too many list elements in framing fields",
+    )
+    assert_deviation(
+        b"GET / HTTP/1.1\r\n" + H + (b"Connection: ," + b"," * 60 + b"\r\n") * 3 + b"\r\n",
+        "D14 too many list elements in framing fields",
+    )
+    assert_deviation(
+        b"PUT / HTTP/1.1\r\n" + H + b"Content-Length: 1" + b", 1" * 200 + b"\r\n\r\n1",
+        "D14 too many list elements in framing fields",
+    )
+    ours, theirs = both(b"GET / HTTP/1.1\r\n" + H + b"Connection: a" + b",a" * 126 + b"\r\n\r\n")
+    assert ours[0][0] != "error" and theirs[0][0] != "error"  # 127 elements: fine
+
+
 @pytest.mark.parametrize("version", [b"2.0", b"0.9", b"3.1"])
 def test_d8_versions_other_than_1x(version: bytes) -> None:
     data = b"GET / HTTP/" + version + b"\r\n" + H + b"\r\n"

@@ -238,25 +238,28 @@ def test_folder_swapped_for_symlink_after_the_check_is_not_followed(
     layout: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # History: O_NOFOLLOW guarded only the last component; a folder replaced by a link out of
-    # the root between realpath and open let the secret out. The swap runs in the check's wake.
+    # the root between realpath and open let the secret out. The swap runs in the check's wake:
+    # what is served is the file that was checked, held by its descriptor.
     from evloop_httpd import handler as handler_mod
 
     (layout / "sub" / "secret.txt").write_bytes(b"harmless\n")
-    real_resolve = handler_mod.resolve
+    real_locate = handler_mod.locate
 
-    def resolve_then_swap(*args: object, **kw: object) -> object:
-        found = real_resolve(*args, **kw)  # type: ignore[arg-type]
+    def locate_then_swap(*args: object, **kw: object) -> object:
+        found = real_locate(*args, **kw)  # type: ignore[arg-type]
         if (layout / "sub").is_dir() and not (layout / "sub").is_symlink():
             (layout / "sub").rename(layout / "sub-moved")
             (layout / "sub").symlink_to(layout.parent / "outside")
         return found
 
-    monkeypatch.setattr(handler_mod, "resolve", resolve_then_swap)
+    monkeypatch.setattr(handler_mod, "locate", locate_then_swap)
     with running(layout) as s:
         reply = request(s.port, raw(b"GET", b"/sub/secret.txt"))
         assert (layout / "sub").is_symlink()  # the swap did happen in the window
-        assert reply.status == 404, reply.raw_head
-        assert SECRET not in reply.body
+        assert reply.status == 200, reply.raw_head
+        assert reply.body == b"harmless\n"
+        # Asked again through the link: never the secret (a 404, or the cached checked file).
+        assert SECRET not in request(s.port, raw(b"GET", b"/sub/secret.txt")).body
         assert request(s.port, raw(b"GET", b"/hello.txt")).body == b"hello\n"
 
 
@@ -265,10 +268,10 @@ def test_put_folder_swapped_after_the_check_writes_nothing_outside(
 ) -> None:
     # History: a PUT created and renamed its temp file by path, so a folder replaced by a link
     # out of the root between the check and the create wrote the upload outside the root.
-    from evloop_httpd import handler as handler_mod
+    from evloop_httpd import files as files_mod
 
     outside = layout.parent / "outside"
-    real_inside = handler_mod.inside
+    real_inside = files_mod.inside
 
     def inside_then_swap(root: str, path: str) -> bool:
         verdict = real_inside(root, path)
@@ -277,16 +280,27 @@ def test_put_folder_swapped_after_the_check_writes_nothing_outside(
             (layout / "sub").symlink_to(outside)
         return verdict
 
-    monkeypatch.setattr(handler_mod, "inside", inside_then_swap)
+    monkeypatch.setattr(files_mod, "inside", inside_then_swap)
     before = sorted(p.name for p in outside.iterdir())
     with running(layout) as s:
         reply = request(
             s.port, b"PUT /sub/new.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
         )
         assert (layout / "sub").is_symlink()  # the swap did happen in the window
-        assert reply.status == 403, reply.raw_head
+        assert reply.status == 201, reply.raw_head
     assert sorted(p.name for p in outside.iterdir()) == before
-    assert not (layout / "sub-moved" / "new.txt").exists()
+    # The upload landed in the folder that was checked, under its new name.
+    assert (layout / "sub-moved" / "new.txt").read_bytes() == b"abc"
+
+
+def test_put_into_a_symlinked_folder_leading_out_is_refused(layout: Path) -> None:
+    before = outside_files(layout)
+    with running(layout) as s:
+        reply = request(s.port, raw(b"PUT", b"/escape/new.txt", b"abc"))
+        assert reply.status == 403, reply.raw_head
+        reply = request(s.port, raw(b"PUT", b"/no-such-folder/new.txt", b"abc"))
+        assert reply.status == 409, reply.raw_head
+    assert outside_files(layout) == before
 
 
 def test_put_folder_swapped_while_the_body_arrives_lands_in_the_checked_folder(

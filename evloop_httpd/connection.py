@@ -652,6 +652,9 @@ class Connection:
         self.request = None
         self.user = None
         self.status = 0
+        # Counts of the response just logged, back to the shared small ints: past 256 each is
+        # an int object of its own, 32 bytes an idle connection would keep for nothing.
+        self.sent = self.phase_bytes = self.phase_acked = 0
         timeouts = self.ctx.config.timeouts
         if self.keep_alive and not self.ctx.stopping:
             self._fire(I.RESPONSE_DONE)

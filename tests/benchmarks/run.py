@@ -945,8 +945,11 @@ def tls_targets(medians: dict[str, dict[str, float | None]]) -> list[dict[str, A
     ]  # fmt: skip
     ours = medians.get(OURS_TLS, {}).get("tls_idle_bytes_per_conn")
     theirs = medians.get(NGINX_TLS, {}).get("tls_idle_bytes_per_conn")
-    detail = f"ours {_fmt(ours, 'B/conn')} B/conn, nginx {_fmt(theirs, 'B/conn')} B/conn"
-    targets.append({"target": "HTTPS idle memory (report)", "status": "report", "detail": detail})
+    if ours is not None or theirs is not None:
+        detail = f"ours {_fmt(ours, 'B/conn')} B/conn, nginx {_fmt(theirs, 'B/conn')} B/conn"
+        targets.append(
+            {"target": "HTTPS idle memory (report)", "status": "report", "detail": detail}
+        )
     return targets
 
 

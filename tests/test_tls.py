@@ -608,3 +608,32 @@ def test_a_large_upload_over_tls_is_stored_whole(
         c.send(body)
         assert c.read_response().status in (201, 204)
     assert (site / "big-up.bin").read_bytes() == body
+
+
+def test_workers_reload_a_new_pair_and_keep_the_old_one_if_it_is_broken(
+    site: Path, tmp_path: Path
+) -> None:
+    from .workerhelp import worker_server
+
+    first, second = Pki(tmp_path, "first"), Pki(tmp_path, "second")
+    cert = tmp_path / "both.pem"
+    cert.write_bytes(first.both.read_bytes())
+    args = ("-p", "0", "-d", str(site), "--tls-cert", str(cert), "--workers", "2", "-q")
+    with worker_server(tmp_path, *args) as srv:
+        port = srv.wait_serving()
+        assert _serial(port, first.ca_file)
+        cert.write_bytes(second.both.read_bytes())
+        srv.proc.send_signal(signal.SIGHUP)
+
+        def serves_with(pki: Pki) -> bool:
+            try:
+                return bool(_serial(port, pki.ca_file))
+            except (ssl.SSLError, OSError):
+                return False
+
+        assert wait_until(lambda: serves_with(second))
+        cert.write_bytes(second.cert.read_bytes() + first.key.read_bytes())  # mismatched
+        srv.proc.send_signal(signal.SIGHUP)
+        assert wait_until(lambda: "TLS: the private key does not match" in srv.err())
+        assert serves_with(second)  # the reload was abandoned; the old workers serve on
+        assert "Traceback" not in srv.err()

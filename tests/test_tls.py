@@ -637,3 +637,29 @@ def test_workers_reload_a_new_pair_and_keep_the_old_one_if_it_is_broken(
         assert wait_until(lambda: "TLS: the private key does not match" in srv.err())
         assert serves_with(second)  # the reload was abandoned; the old workers serve on
         assert "Traceback" not in srv.err()
+
+
+def test_a_response_cut_short_is_not_a_clean_end_over_tls(
+    tls_server: RunningServer, pki: Pki, site: Path
+) -> None:
+    # A file truncated under a response: the server aborts with a reset and no close_notify,
+    # so the client cannot take what it got for the whole file.
+    victim = site / "shrinks.bin"
+    victim.write_bytes(os.urandom(40 * 1024 * 1024))
+    with tls_client(tls_server.port, pki, 65536, suppress_ragged_eofs=False) as c:
+        c.send(get("/shrinks.bin"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        with open(victim, "r+b") as f:
+            f.truncate(1024 * 1024)
+        got = len(head)
+        c.sock.settimeout(DEADLINE_S)
+        with pytest.raises(OSError):  # SSLEOFError or ConnectionResetError, never b""
+            while True:
+                chunk = c.sock.recv(65536)
+                if not chunk:
+                    break  # a clean close_notify: the test fails below
+                got += len(chunk)
+        assert got < 40 * 1024 * 1024

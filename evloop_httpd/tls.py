@@ -267,12 +267,6 @@ class TlsTransport(Transport):
             if not data or budget <= 0 or not conn.interest & READ:
                 return
 
-    def backlog(self) -> int | None:
-        if not self.wrapped:
-            return super().backlog()
-        queued = super().backlog()
-        return queued  # encrypted bytes: a little more than the plaintext, so conservative
-
     def settle(self) -> int:
         conn = self.conn
         if conn.state is S.CLOSED:
@@ -304,6 +298,9 @@ class TlsTransport(Transport):
         if self.want:
             return self.want
         return WRITE if self.pending else conn.interest
+
+    # backlog() is the plain one: SIOCOUTQ counts encrypted bytes, a little more than the
+    # plaintext the connection counts, so what it credits as acknowledged errs low.
 
     def close(self) -> None:
         self.filebuf = b""

@@ -13,7 +13,8 @@ A connection over TLS starts in HANDSHAKING; a plain one in READING_HEADERS.
 
 Interest, honestly
 ------------------
-``INTEREST`` is what the *connection* waits for, and it follows from the state alone. What the
+``INTEREST`` is what the *connection* waits for, and it follows from the state alone, except
+while the connection is parked (then it waits to write). What the
 selector is told is that, except while the transport under the connection has a need of its
 own, which the state cannot know: held-back pipelined bytes still to flush (write, whatever
 the state), or a TLS record that must finish in the other direction (``SSLWantReadError``
@@ -25,6 +26,9 @@ Flags
 A few facts change what a connection does without being states, because they do not change
 which inputs are allowed next (h11 keeps the same kind beside its table in ``_state.py``):
 
+* ``Connection.parked``: the turn's work budget ran out with whole requests waiting in
+  ``inbuf``; the connection waits to write (the loop comes back at once) rather than read, and
+  the next turn starts one of them (see :mod:`reactor`).
 * ``Connection.keep_alive``: the response being sent ends with RESPONSE_DONE (back to
   READING_HEADERS) rather than RESPONSE_DONE_CLOSE (to LINGERING). Decided per response from
   the request, the response and whether the server is stopping.

@@ -24,6 +24,7 @@ from .connection import Address
 from .descriptors import raise_nofile_limit
 from .log import Logs
 from .reactor import Server
+from .tls import TlsSetupError, make_context
 from .upload import remove_stale_temps
 
 DEFAULT_MAX_CONNECTIONS = 10_000
@@ -284,6 +285,28 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
         metavar="'NAME: VALUE'",
         help="add this header to every response (repeatable), e.g. 'Cache-Control: no-cache'",
     )
+    s = p.add_argument_group(
+        "HTTPS (the port then serves HTTPS only; SIGHUP reloads the certificate)"
+    )
+    s.add_argument("--tls-cert", type=Path, metavar="FILE", help="PEM certificate chain")
+    s.add_argument(
+        "--tls-key",
+        type=Path,
+        metavar="FILE",
+        help="PEM private key (default: in the --tls-cert file)",
+    )
+    s.add_argument(
+        "--tls-password-file",
+        type=Path,
+        metavar="FILE",
+        help="file whose first line is the private key's password",
+    )
+    s.add_argument(
+        "--handshake-timeout",
+        type=seconds,
+        default=Timeouts().handshake_s,
+        help="to finish the TLS handshake (default %(default)s)",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--stats-csv", type=Path, help="append one CSV row per request to this file")
     o.add_argument("--response-log", type=Path, help="append each response head to this file")
@@ -319,7 +342,10 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
             parser.error(str(exc))
     if not args.auth_realm.isprintable():
         parser.error("--auth-realm must be printable")
+    if args.tls_cert is None and (args.tls_key or args.tls_password_file):
+        parser.error("--tls-key and --tls-password-file need --tls-cert")
     timeouts = Timeouts(
+        handshake_s=args.handshake_timeout,
         head_s=args.head_timeout,
         idle_s=args.idle_timeout,
         stall_s=args.stall_timeout,
@@ -352,6 +378,9 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         auth_realm=args.auth_realm,
         public=not is_loopback(args.bind),
         allow_anonymous_writes=args.allow_anonymous_writes,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_password_file=args.tls_password_file,
     )
 
 
@@ -374,9 +403,9 @@ def unusable_root(root: Path) -> str | None:
     return None
 
 
-def url_for(address: Address) -> str:
+def url_for(address: Address, scheme: str = "http") -> str:
     host, port = address[0], address[1]
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
 
 
 def safety_notes(config: Config) -> tuple[list[str], list[str]]:
@@ -420,6 +449,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
     budget = raise_nofile_limit(config.max_connections, warn=args.max_connections is not None)
     config = dataclasses.replace(config, max_uploads=budget.max_uploads)
+    if config.tls_cert is not None:
+        # Checked here, before any listener or worker: a certificate that cannot be used is a
+        # usage error at start (status 2), not a worker that dies, nor a traceback.
+        try:
+            make_context(config)
+        except TlsSetupError as exc:
+            print(f"{parser.prog}: TLS: {exc}", file=sys.stderr)
+            return 2
+    scheme = "https" if config.tls_cert is not None else "http"
     stale = remove_stale_temps(str(config.root))
     if stale:
         print(f"removed {stale} unfinished upload(s) left by an earlier run", file=sys.stderr)
@@ -463,7 +501,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         for line in warnings:
             print(line, file=sys.stderr)
         print(
-            f"Serving {config.root} on {url_for(address)} with {args.workers} workers", flush=True
+            f"Serving {config.root} on {url_for(address, scheme)} with {args.workers} workers",
+            flush=True,
         )
         for line in banner:
             print(line, flush=True)
@@ -471,6 +510,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         server = Server(config, logs)
         address = server.adopt(passed) if passed else server.bind()
+    except TlsSetupError as exc:  # the files changed since the check above
+        print(f"{parser.prog}: TLS: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         where = f"{config.host}:{config.port}"
         print(f"{parser.prog}: cannot listen on {where}: {exc}", file=sys.stderr)
@@ -478,7 +520,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     banner, warnings = safety_notes(config)
     for line in warnings:
         print(line, file=sys.stderr)
-    print(f"Serving {config.root} on {url_for(address)}", flush=True)
+    print(f"Serving {config.root} on {url_for(address, scheme)}", flush=True)
     for line in banner:
         print(line, flush=True)
 
@@ -496,6 +538,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # SIGHUP re-reads the TLS certificate and key (new connections get them; with --workers
+    # the supervisor's new generation does). Without TLS it is ignored rather than fatal.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: server.request_reload())
     signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
     server.serve_forever()
     return 0

@@ -38,6 +38,7 @@ class Timeouts:
     """Deadlines in seconds; the loop enforces them with one timer heap."""
 
     head_s: float = 10.0  # from a request's first byte to its blank line: defeats slowloris
+    handshake_s: float = 10.0  # TLS: from accept to a finished handshake, however it trickles
     idle_s: float = 15.0  # a keep-alive connection with nothing pending
     stall_s: float = 30.0  # a body or a response that makes no progress at all
     min_rate_bytes_s: int = 1 * KIB  # below this average rate, a transfer is a stall too
@@ -77,3 +78,6 @@ class Config:
     auth_realm: str = "evloop_httpd"
     public: bool = False  # bound to a non-loopback address: anonymous writes off by default
     allow_anonymous_writes: bool = False
+    tls_cert: Path | None = None  # with it, the port serves HTTPS only (see tls.py)
+    tls_key: Path | None = None  # None: the key is in the cert file
+    tls_password_file: Path | None = None  # first line: the key's passphrase

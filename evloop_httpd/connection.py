@@ -5,22 +5,25 @@ Theory of operation
 A connection is always in exactly one :class:`ConnState`. It moves only through ``_fire``,
 which looks the (state, :class:`Input`) pair up in ``TRANSITIONS`` (the table lives in
 :mod:`states`); a pair missing from that table is a bug, is reported, and closes the
-connection. What the reactor should wait for is read off the state (``INTEREST``; to write while
-*parked*, see below), so the reactor never has to reason about HTTP.
+connection. What the connection waits for is read off the state (``INTEREST``; to write while
+*parked*, see below); the transport under it may wait for something else for a while (see
+:mod:`transport`).
 
-The reactor drives a connection through seven calls, each given the current time:
+The connection is sans-IO. Its :class:`~evloop_httpd.transport.Transport` asks it what to send
+(:meth:`Connection.to_send`, then :meth:`Connection.file_span`) and drives it through these
+calls, each given the current time:
 
-* :meth:`Connection.receive` with bytes from ``recv`` (``b""`` for end of stream);
-* :meth:`Connection.wrote` after ``send`` took ``n`` bytes of :attr:`Connection.out`, or after
-  the reactor held them back to send with the next response;
-* :meth:`Connection.streamed` after ``sendfile`` (or ``pread`` + ``send``) moved ``n`` bytes of
-  the file span;
-* :meth:`Connection.flushed` after ``send`` took ``n`` bytes the reactor had held back (bytes of
-  earlier pipelined responses, already counted as written, see :mod:`reactor`);
+* :meth:`Connection.receive` with bytes from the peer (``b""`` for end of stream);
+* :meth:`Connection.wrote` after the socket took ``n`` bytes of :meth:`Connection.to_send`, or
+  after the transport held them back to send with the next response;
+* :meth:`Connection.streamed` after ``n`` bytes of the file span went out;
+* :meth:`Connection.flushed` after the socket took ``n`` bytes the transport had held back
+  (bytes of earlier pipelined responses, already counted as written, see :mod:`transport`);
 * :meth:`Connection.check_delivery` with how many sent bytes the client has not acknowledged,
   when the timer of a connection sending a response comes due;
 * :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
 * :meth:`Connection.resume` at the start of a turn, when the connection is *parked*;
+* over TLS, :meth:`Connection.handshake_done` and :meth:`Connection.refuse_plain`;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
@@ -39,10 +42,9 @@ the next one is parsed at once, without going back to the selector, as long as t
 work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
 can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
 decodes more of a body of tiny chunks), it waits to write rather than to read, and the
-reactor's next turn calls :meth:`resume`. The
-reactor does not read while a response is being written or while parked, so ``inbuf`` never
-holds more than the head limit plus one ``recv``: memory per connection is bounded whatever is
-sent or received.
+transport's next turn calls :meth:`resume`. The transport does not read while a response is
+being written or while parked, so ``inbuf`` never holds more than the head limit plus one
+``recv``: memory per connection is bounded whatever is sent or received.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 from .auth import PENDING, Gate
 from .body import LINES_PER_STEP, ChunkedBody, FixedBody
@@ -70,11 +72,27 @@ from .responses import (
 from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
 
-if TYPE_CHECKING:
-    import socket  # the reactor's, only carried here: a connection never touches it
-
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
+_BODYLESS = (b"GET ", b"HEAD ")
+
+
+def more_follows(conn: Connection) -> bool:
+    """Whether another response will be made right after this one without waiting for input.
+
+    True only when the next pipelined request is already whole in ``inbuf`` and is a GET or
+    HEAD (no body to wait for), and no file span follows this response.
+    """
+    inbuf = conn.inbuf
+    return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
+
+
+def _scheme_mismatch(raw_target: bytes, scheme: bytes) -> bool:
+    """An absolute-form target naming the other scheme than the connection's (RFC 9110 §7.4:
+    a request the server is not configured to answer on this connection; 421)."""
+    if raw_target[:1] == b"/" or b"://" not in raw_target[:8]:
+        return False
+    return raw_target.split(b"://", 1)[0].lower() != scheme
 
 
 def _names_head(inbuf: bytearray) -> bool:
@@ -100,6 +118,7 @@ class Observer(Protocol):
     def response_head(self, conn: Connection, head: bytes) -> None: ...
     def request_done(self, conn: Connection) -> None: ...
     def bug(self, conn: Connection, exc: BaseException) -> None: ...
+    def debug(self, text: str) -> None: ...
 
 
 def _always() -> bool:
@@ -118,12 +137,13 @@ class Context:
         "handler",
         "may_start",
         "observer",
+        "scheme",
         "stopping",
         "trace",
         "uploads",
     )
 
-    def __init__(self, config: Config, observer: Observer) -> None:
+    def __init__(self, config: Config, observer: Observer, scheme: bytes = b"http") -> None:
         self.config = config
         # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
         # response's average rate is judged on that, not on what the kernel took: see _progress.
@@ -135,6 +155,7 @@ class Context:
         self.date = DateCache()
         self.stopping = False
         self.trace = config.trace
+        self.scheme = scheme  # every connection of a server has the same: one port, one scheme
         gate = Gate(config)
         self.gate = gate if gate.active else None
         # Whether this turn's work budget allows starting another pipelined request: the
@@ -175,15 +196,8 @@ class Connection:
         "trailer",
         "upload",
         "user",
-        # The reactor's bookkeeping, kept here to save an object per connection. Nothing in
-        # this module reads them.
-        "events",
-        "pending",
-        "shut_wr",
-        "sock",
-        "timer_at",
-        "use_sendfile",
-        "reset",
+        # Flags that change how the connection ends on the wire; see states.py, "Flags".
+        "cut_short",
         "peer_done",
     )
 
@@ -194,6 +208,8 @@ class Connection:
         peer: Address = ("", 0),
         local: Address = ("", 0),
         ident: int = 0,
+        *,
+        handshake: bool = False,
     ) -> None:
         self.ctx = ctx
         self.state = S.READING_HEADERS
@@ -204,7 +220,9 @@ class Connection:
         self.file_fd = -1
         self.file_offset = 0
         self.file_remaining = 0
-        self.spans: list[tuple[bytes, int, int]] = []  # still to send, last first
+        # Still to send, last first. Idle connections share the empty tuple: an empty list
+        # of their own would cost 72 bytes each, 7% of an idle connection.
+        self.spans: list[tuple[bytes, int, int]] | tuple[()] = ()
         self.trailer = b""
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
@@ -225,15 +243,12 @@ class Connection:
         self.peer = peer
         self.local = local
         self.ident = ident
-        self.sock: socket.socket | None = None
-        self.events = 0
-        self.pending: bytes | bytearray = b""
-        self.timer_at = float("inf")
-        self.shut_wr = False
-        self.use_sendfile = ctx.config.use_sendfile
-        self.reset = False  # closed mid-response: the reactor closes with RST, not FIN
+        self.cut_short = False  # closed mid-response: the transport closes with RST, not FIN
         self.peer_done = False  # the client asked to close and sent nothing more
         self.parked = False  # whole requests wait in inbuf for the next turn (work budget)
+        if handshake:
+            self.state = S.HANDSHAKING
+            self.deadline = now + ctx.config.timeouts.handshake_s
 
     @property
     def interest(self) -> int:
@@ -242,12 +257,43 @@ class Connection:
         # would cut off requests already whole.
         return WRITE if self.parked else INTEREST[self.state]
 
-    # The four calls the reactor makes.
+    # What the transport asks.
+
+    @property
+    def handshaken(self) -> bool:
+        """Past HANDSHAKING: HTTP may flow (always true over plain TCP)."""
+        return self.state is not S.HANDSHAKING and self.state is not S.CLOSED
+
+    def to_send(self) -> bytes | memoryview:
+        """What of the response's in-memory bytes (head, small body, a multipart boundary) is
+        still to go, or ``b""``."""
+        out = self.out
+        if not out or self.state not in MID_RESPONSE:
+            return b""
+        return memoryview(out)[self.out_pos :] if self.out_pos else out
+
+    def file_span(self) -> tuple[int, int, int] | None:
+        """``(fd, offset, count)`` of the file bytes to send next, once :meth:`to_send` is
+        empty; None when no file bytes are due."""
+        if self.state is S.STREAMING_FILE and not self.out and self.file_remaining > 0:
+            return self.file_fd, self.file_offset, self.file_remaining
+        return None
+
+    def response_follows(self) -> bool:
+        """Whether, once all of :meth:`to_send` is taken, the next response will be made at
+        once without waiting for input; the transport may then hold this one back and send
+        the batch in one call. Only for a whole, untouched in-memory response on a kept-alive
+        connection (see :func:`more_follows`)."""
+        return self.out_pos == 0 and self.keep_alive and more_follows(self)
+
+    # What the transport tells.
 
     def receive(self, data: bytes, now: float) -> None:
         """Bytes from the peer; ``b""`` means it closed its side."""
         state = self.state
-        if state is S.LINGERING:
+        if state is S.LINGERING or state is S.HANDSHAKING:
+            # LINGERING discards; HANDSHAKING is given only the end of stream (TLS bytes
+            # never reach HTTP).
             if not data:
                 self._fire(I.PEER_EOF)
             return
@@ -390,8 +436,27 @@ class Connection:
         else:
             self._fire(I.TIMEOUT)
 
+    def handshake_done(self, now: float) -> None:
+        """TLS: the handshake finished; HTTP may begin, with a fresh head deadline."""
+        if self.state is S.HANDSHAKING:
+            self._fire(I.HANDSHAKE_DONE)
+            self.deadline = now + self.ctx.config.timeouts.head_s
+
+    def refuse_plain(self, first_bytes: bytes, now: float) -> None:
+        """TLS: the client spoke plain HTTP to the TLS port. Answer it in plain text, as nginx
+        does, that this port wants https, then close: better than a silent reset or a hang."""
+        if self.state is not S.HANDSHAKING:
+            return
+        err = HttpError(
+            HTTPStatus.BAD_REQUEST,
+            "This port speaks HTTPS only: use an https:// URL.",
+            close=True,
+        )
+        resp = error_response(err, head_only=_names_head(bytearray(first_bytes)))
+        self._start_response(resp, now, I.PLAIN_HTTP, body_read=False)
+
     def drained(self) -> None:
-        """While LINGERING: the reactor found nothing unread, and the client had asked to close,
+        """While LINGERING: the transport found nothing unread, and the client had asked to close,
         so closing now cannot turn into a reset that destroys the response."""
         self._fire(I.DRAINED)
 
@@ -433,6 +498,11 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
+        if req.raw_target[:1] != b"/" and _scheme_mismatch(req.raw_target, ctx.scheme):
+            raise HttpError(
+                HTTPStatus.MISDIRECTED_REQUEST,
+                f"this connection is {ctx.scheme.decode()}; the target names another scheme",
+            )
         gate = ctx.gate
         if gate is not None:  # before the cache: a cached answer is no less protected
             user = gate.admit(self, req, self.peer[0], now)
@@ -582,6 +652,9 @@ class Connection:
         self.request = None
         self.user = None
         self.status = 0
+        # Counts of the response just logged, back to the shared small ints: past 256 each is
+        # an int object of its own, 32 bytes an idle connection would keep for nothing.
+        self.sent = self.phase_bytes = self.phase_acked = 0
         timeouts = self.ctx.config.timeouts
         if self.keep_alive and not self.ctx.stopping:
             self._fire(I.RESPONSE_DONE)
@@ -643,16 +716,17 @@ class Connection:
         self.state = new
         if new is S.CLOSED:
             # A response cut short must not look like a clean end of stream to the client, and
-            # its unsent bytes should not linger in the kernel: tell the reactor to reset.
-            self.reset = old in MID_RESPONSE or old is S.READING_BODY
+            # its unsent bytes should not linger in the kernel: tell the transport to reset.
+            self.cut_short = old in MID_RESPONSE or old is S.READING_BODY
             self._release()
         if self.ctx.trace:
             self.ctx.observer.transition(self, old, inp, new)
 
     def _next_span(self) -> bool:
         """Queue the next span's prefix and file range (or the trailer). False when done."""
-        if self.spans:
-            prefix, self.file_offset, self.file_remaining = self.spans.pop()
+        spans = self.spans
+        if spans:
+            prefix, self.file_offset, self.file_remaining = spans.pop()
         elif self.trailer:
             prefix, self.trailer = self.trailer, b""
         else:
@@ -666,7 +740,7 @@ class Connection:
             os.close(self.file_fd)
             self.file_fd = -1
         self.file_remaining = 0
-        self.spans = []
+        self.spans = ()
         self.trailer = b""
 
     def _drop_upload(self) -> None:

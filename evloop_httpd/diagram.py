@@ -21,13 +21,18 @@ _WAITS = {0: "nothing", 1: "read", 2: "write"}
 
 def mermaid() -> str:
     """The state diagram, one edge per table entry, in table order."""
-    lines = ["```mermaid", "stateDiagram-v2", "    [*] --> READING_HEADERS: accept"]
+    lines = [
+        "```mermaid",
+        "stateDiagram-v2",
+        "    [*] --> READING_HEADERS: accept",
+        "    [*] --> HANDSHAKING: accept (TLS)",
+    ]
     for (src, inp), dst in TRANSITIONS.items():
         lines.append(f"    {src.name} --> {dst.name}: {inp.name}")
     lines.append("    CLOSED --> [*]")
     lines.append("```")
     lines.append("")
-    lines.append("| state | the selector waits for |")
+    lines.append("| state | the connection waits for |")
     lines.append("|---|---|")
     for state in ConnState:
         lines.append(f"| `{state.name}` | {_WAITS[INTEREST[state]]} |")

@@ -8,6 +8,40 @@ missing from it is a bug, and :mod:`connection` then closes the connection. ``IN
 what the reactor waits for in each state, so the reactor reads it off the state and never
 reasons about HTTP. Nothing here does anything: this module is the table the code runs and
 the one :mod:`diagram` draws (docs/state-machine.md), so the picture cannot drift from it.
+
+A connection over TLS starts in HANDSHAKING; a plain one in READING_HEADERS.
+
+Interest, honestly
+------------------
+``INTEREST`` is what the *connection* waits for, and it follows from the state alone, except
+while the connection is parked (then it waits to write). What the
+selector is told is that, except while the transport under the connection has a need of its
+own, which the state cannot know: held-back pipelined bytes still to flush (write, whatever
+the state), or a TLS record that must finish in the other direction (``SSLWantReadError``
+while sending, ``SSLWantWriteError`` while receiving or handshaking). The transport's
+``settle`` computes the mask; see :mod:`transport` and :mod:`tls`.
+
+Flags
+-----
+A few facts change what a connection does without being states, because they do not change
+which inputs are allowed next (h11 keeps the same kind beside its table in ``_state.py``):
+
+* ``Connection.parked``: the turn's work budget ran out with whole requests waiting in
+  ``inbuf``; the connection waits to write (the loop comes back at once) rather than read, and
+  the next turn starts one of them (see :mod:`reactor`).
+* ``Connection.keep_alive``: the response being sent ends with RESPONSE_DONE (back to
+  READING_HEADERS) rather than RESPONSE_DONE_CLOSE (to LINGERING). Decided per response from
+  the request, the response and whether the server is stopping.
+* ``Connection.peer_done``: on entering LINGERING, the client had itself asked to close and
+  nothing more of it was buffered; the transport may then close at once if nothing is unread,
+  instead of draining (``DRAINED``).
+* ``Connection.cut_short``: set on entering CLOSED from the middle of a response or a request
+  body; the transport then closes with a reset, not a FIN, so that a client cannot take a
+  short body for a whole one.
+* ``Context.stopping``: the server is stopping; no response keeps its connection.
+* ``Transport.pending`` (held-back bytes) and ``Transport.shut_wr`` (FIN sent while
+  LINGERING): the transport's own; they change the selector mask and how the socket is
+  closed, never the connection's state.
 """
 
 from __future__ import annotations
@@ -23,6 +57,7 @@ class ConnState(Enum):
     # __hash__ is Python code, and the transition table is consulted several times a request.
     __hash__ = object.__hash__
 
+    HANDSHAKING = "TLS handshake"
     READING_HEADERS = "reading headers"
     AUTHENTICATING = "awaiting a password check"
     WRITING_CONTINUE = "writing 100 Continue"
@@ -36,6 +71,8 @@ class ConnState(Enum):
 class Input(Enum):
     __hash__ = object.__hash__
 
+    HANDSHAKE_DONE = "TLS handshake complete"
+    PLAIN_HTTP = "plain HTTP on the TLS port, 400 ready"
     HEAD_COMPLETE = "head complete, response ready"
     CHECK_PASSWORD = "head complete, password to check"
     CONTINUE_EXPECTED = "head complete, client awaits 100 Continue"
@@ -56,6 +93,11 @@ S = ConnState
 I = Input  # noqa: E741 - the table below reads better with one-letter aliases
 
 TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
+    (S.HANDSHAKING, I.HANDSHAKE_DONE): S.READING_HEADERS,
+    (S.HANDSHAKING, I.PLAIN_HTTP): S.WRITING_HEADERS,
+    (S.HANDSHAKING, I.PEER_EOF): S.CLOSED,
+    (S.HANDSHAKING, I.TIMEOUT): S.CLOSED,
+    (S.HANDSHAKING, I.ABORT): S.CLOSED,
     (S.READING_HEADERS, I.HEAD_COMPLETE): S.WRITING_HEADERS,
     (S.READING_HEADERS, I.CONTINUE_EXPECTED): S.WRITING_CONTINUE,
     (S.READING_HEADERS, I.BODY_EXPECTED): S.READING_BODY,
@@ -92,6 +134,7 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
 }
 
 INTEREST: dict[ConnState, int] = {
+    S.HANDSHAKING: READ,  # the ClientHello; the TLS transport asks for write when OpenSSL does
     S.READING_HEADERS: READ,
     # Nothing: the verdict comes on the verifier's socket, and bytes the client sends meanwhile
     # (a body, a pipelined request) wait in the kernel, which bounds them.

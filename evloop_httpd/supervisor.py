@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from .config import Config
 from .log import Logs, write_csv_header
 from .reactor import Server
+from .tls import TlsSetupError
 
 STABLE_S = 5.0  # a worker alive this long was not "dying at start": its back-off resets
 FIRST_BACKOFF_S = 0.1  # the second quick death in a row waits this long, then twice as long
@@ -410,6 +411,9 @@ def _run_worker(
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 0
+    except TlsSetupError as exc:  # the certificate changed for the worse before a reload
+        with contextlib.suppress(OSError):
+            os.write(2, f"evloop_httpd worker {index}: TLS: {exc}\n".encode())
     except Exception:  # a bug: report it; the finally below never lets the child return
         with contextlib.suppress(OSError):
             os.write(2, f"evloop_httpd worker {index}: {traceback.format_exc()}".encode())

@@ -415,11 +415,18 @@ def check_connection(chunks: list[bytes], writes: list[int], limits: Limits = LI
     """Drive a Connection with ``chunks`` of input and write sizes cycling through ``writes``.
 
     A write size that is a multiple of 97 fires the timer past the deadline instead; an odd one
-    in LINGERING, with no input left, reports the socket drained.
+    in LINGERING, with no input left, reports the socket drained. In HANDSHAKING (a first size
+    that is a multiple of 5 starts there), a multiple of 3 is plain HTTP on the TLS port, any
+    other size the end of the handshake.
     """
     recorder = _Recorder()
-    ctx = Context(Config(root=_root(), limits=limits, quiet=True), recorder)
-    conn = Connection(ctx, now=0.0)
+    # A first write size that is a multiple of 5 makes it a TLS connection: it starts in
+    # HANDSHAKING, and the next step finishes the handshake or finds plain HTTP instead.
+    tls = bool(writes) and writes[0] % 5 == 0
+    ctx = Context(
+        Config(root=_root(), limits=limits, quiet=True), recorder, b"https" if tls else b"http"
+    )
+    conn = Connection(ctx, now=0.0, handshake=tls)
     parses = 0
     real_parse = connection_module.parse_head
 
@@ -466,6 +473,11 @@ def _drive(
             # Now and then the reactor's timer fires past the deadline instead.
             now = max(now, conn.deadline) + 0.001
             conn.on_timeout(now)
+        elif state is ConnState.HANDSHAKING:
+            if size % 3 == 0:
+                conn.refuse_plain(pending[-1][:8] if pending else b"", now)
+            else:
+                conn.handshake_done(now)
         elif state is ConnState.LINGERING and not pending and size % 2:
             conn.drained()
         elif state in (ConnState.WRITING_HEADERS, ConnState.WRITING_CONTINUE) or (

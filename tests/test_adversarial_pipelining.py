@@ -3,7 +3,7 @@
 Every pipelined response is compared byte for byte (Date aside) with what the same request gets
 alone on a fresh connection. Stalls are forced with a tiny receive buffer on the client and a
 tiny send buffer on the server's accepted sockets, so that held-back bytes really wait in
-``conn.pending`` between loop passes; the tests wait for that state before acting.
+``transport.pending`` between loop passes; the tests wait for that state before acting.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from evloop_httpd.connection import Connection
 from evloop_httpd.reactor import Server
 from evloop_httpd.states import ConnState
+from evloop_httpd.transport import Transport
 
 from .helpers import (
     DEADLINE_S,
@@ -79,14 +79,14 @@ def slow_client(port: int) -> Client:
     return c
 
 
-def connections(srv: RunningServer) -> list[Connection]:
-    """The server's open connections, read from the test thread (retried if the map moves)."""
+def connections(srv: RunningServer) -> list[Transport]:
+    """The server's open transports, read from the test thread (retried if the map moves)."""
     for _ in range(100):
         try:
             keys = list(srv.server.sel.get_map().values())
         except RuntimeError:  # the loop changed the map while we copied it
             continue
-        return [k.data for k in keys if isinstance(k.data, Connection)]
+        return [k.data for k in keys if isinstance(k.data, Transport)]
     return []
 
 
@@ -109,7 +109,7 @@ def tiny_send_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Accepted sockets get a tiny send buffer, so a client that stops reading stalls us fast."""
     real_add = Server._add
 
-    def add(self: Server, sock: socket.socket, addr: tuple, now: float) -> Connection | None:
+    def add(self: Server, sock: socket.socket, addr: tuple, now: float) -> Transport | None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SMALL_BUF)
         return real_add(self, sock, addr, now)
 

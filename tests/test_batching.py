@@ -15,8 +15,9 @@ import pytest
 
 from evloop_httpd import fastpath
 from evloop_httpd.connection import Connection
-from evloop_httpd.reactor import STAGE_BYTES, Server
+from evloop_httpd.reactor import Server
 from evloop_httpd.states import READ, ConnState
+from evloop_httpd.transport import STAGE_BYTES, Transport
 
 from .helpers import DEADLINE_S, Client, get, make_config, running
 
@@ -61,27 +62,32 @@ def server(tmp_path: Path) -> Iterator[Server]:
         srv.close()
 
 
-def attach(srv: Server, sock: FakeSocket) -> Connection:
+def attach(srv: Server, sock: FakeSocket) -> Transport:
     conn = Connection(srv.ctx, 0.0, ("127.0.0.1", 1), ("127.0.0.1", 2), 1)
-    conn.sock = sock
-    return conn
+    return Transport(sock, conn, srv.config.use_sendfile)  # type: ignore[arg-type]
 
 
-def pump_until_idle(srv: Server, conn: Connection) -> None:
+def turn(srv: Server, t: Transport, now: float) -> None:
+    """One turn of the transport, as the reactor gives it: a fresh work budget, then the pump."""
+    srv.start_turn()
+    t.pump(now)
+
+
+def pump_until_idle(srv: Server, t: Transport) -> None:
     for _ in range(10_000):
-        if conn.state is S.READING_HEADERS and not conn.out and not conn.pending:
+        if t.conn.state is S.READING_HEADERS and not t.conn.out and not t.pending:
             return
-        srv._pump(conn, 0.0)
+        turn(srv, t, 0.0)
     raise AssertionError("the pump never finished")
 
 
 def one_at_a_time(srv: Server, requests: list[bytes]) -> bytes:
     """The bytes the same requests get when each arrives alone."""
     sock = FakeSocket()
-    conn = attach(srv, sock)
+    t = attach(srv, sock)
     for req in requests:
-        conn.receive(req, 0.0)
-        pump_until_idle(srv, conn)
+        t.conn.receive(req, 0.0)
+        pump_until_idle(srv, t)
     return bytes(sock.wire)
 
 
@@ -90,33 +96,33 @@ REQUESTS = [get("/a.txt"), get("/b.txt"), get("/a.txt", method="HEAD"), get("/mi
 
 def test_a_pipelined_batch_goes_out_in_one_call_with_the_same_bytes(server: Server) -> None:
     sock = FakeSocket()
-    conn = attach(server, sock)
-    conn.receive(b"".join(REQUESTS), 0.0)
-    server._pump(conn, 0.0)
+    t = attach(server, sock)
+    t.conn.receive(b"".join(REQUESTS), 0.0)
+    turn(server, t, 0.0)
     assert sock.calls == 1
-    assert conn.state is S.READING_HEADERS and not conn.pending
+    assert t.conn.state is S.READING_HEADERS and not t.pending
     assert bytes(sock.wire) == one_at_a_time(server, REQUESTS)
     assert bytes(sock.wire).count(b"HTTP/1.1 404 ") == 4
 
 
 def test_short_and_refused_sends_lose_and_reorder_nothing(server: Server) -> None:
     sock = FakeSocket(cap=333, refuse_every=3)
-    conn = attach(server, sock)
-    conn.receive(b"".join(REQUESTS), 0.0)
-    pump_until_idle(server, conn)
+    t = attach(server, sock)
+    t.conn.receive(b"".join(REQUESTS), 0.0)
+    pump_until_idle(server, t)
     assert bytes(sock.wire) == one_at_a_time(server, REQUESTS)
 
 
 def test_a_batch_is_bounded_in_bytes(server: Server) -> None:
     requests = [get("/b.txt")] * 64  # about 200 KiB of responses
     sock = FakeSocket()
-    conn = attach(server, sock)
-    conn.receive(b"".join(requests), 0.0)
+    t = attach(server, sock)
+    t.conn.receive(b"".join(requests), 0.0)
     largest = 0
-    while conn.state is not S.READING_HEADERS or conn.out:
+    while t.conn.state is not S.READING_HEADERS or t.conn.out:
         before = len(sock.wire)
-        server._pump(conn, 0.0)
-        largest = max(largest, len(conn.pending), len(sock.wire) - before)
+        turn(server, t, 0.0)
+        largest = max(largest, len(t.pending), len(sock.wire) - before)
     assert largest <= STAGE_BYTES + len(one_at_a_time(server, requests[:1]))
     assert bytes(sock.wire) == one_at_a_time(server, requests)
 
@@ -131,15 +137,15 @@ def test_one_stat_vouches_for_a_batch_but_not_for_later_input(
         stats.append(path)
         return real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    conn = attach(server, FakeSocket())
-    conn.receive(get("/a.txt"), 0.0)  # fills the cache (slow path)
-    pump_until_idle(server, conn)
+    t = attach(server, FakeSocket())
+    t.conn.receive(get("/a.txt"), 0.0)  # fills the cache (slow path)
+    pump_until_idle(server, t)
     monkeypatch.setattr(fastpath.os, "stat", counting_stat)
-    conn.receive(get("/a.txt") * 8, 0.0)
-    pump_until_idle(server, conn)
+    t.conn.receive(get("/a.txt") * 8, 0.0)
+    pump_until_idle(server, t)
     assert len(stats) == 1  # eight requests that arrived together, one check
-    conn.receive(get("/a.txt"), 0.0)
-    pump_until_idle(server, conn)
+    t.conn.receive(get("/a.txt"), 0.0)
+    pump_until_idle(server, t)
     assert len(stats) == 2  # bytes that arrived later get a check of their own
 
 
@@ -199,17 +205,17 @@ def test_a_batch_read_at_a_fair_rate_is_not_taken_for_a_stall(server: Server) ->
     assert rate * timeouts.stall_s < STAGE_BYTES  # the batch outlasts stall_s at this rate
     requests = [get("/b.txt")] * 60
     sock = Trickle()
-    conn = attach(server, sock)
+    t = attach(server, sock)
     now = 0.0
-    conn.receive(b"".join(requests), now)
-    while conn.state is not S.CLOSED and (conn.out or conn.pending or conn.inbuf):
-        server._pump(conn, now)
+    t.conn.receive(b"".join(requests), now)
+    while t.conn.state is not S.CLOSED and (t.conn.out or t.pending or t.conn.inbuf):
+        turn(server, t, now)
         now += 1.0
         sock.allow = rate
-        if now >= conn.deadline:  # what the reactor's timer does (the kernel holds nothing)
-            conn.check_delivery(len(conn.pending), now)
-            conn.on_timeout(now)
-    assert conn.state is S.READING_HEADERS
+        if now >= t.conn.deadline:  # what the reactor's timer does (the kernel holds nothing)
+            t.conn.check_delivery(len(t.pending), now)
+            t.conn.on_timeout(now)
+    assert t.conn.state is S.READING_HEADERS
     assert bytes(sock.wire) == one_at_a_time(server, requests)
 
 
@@ -222,27 +228,26 @@ def test_an_end_of_stream_waits_for_the_held_back_bytes(server: Server) -> None:
         s.setsockopt(socket.SOL_SOCKET, opt, 4096)
     ours.setblocking(False)
     theirs.settimeout(DEADLINE_S)
-    conn = attach(server, ours)  # type: ignore[arg-type]
-    conn.events = READ
-    server.sel.register(ours, READ, conn)
+    t = attach(server, ours)  # type: ignore[arg-type]
+    server.sel.register(ours.fileno(), READ, t)
     server.count += 1
     requests = [get("/a.txt")] * 200
     whole = one_at_a_time(server, requests)
-    conn.receive(b"".join(requests), 0.0)
-    server._step(conn, 0.0)
-    assert conn.pending and conn.state is S.WRITING_HEADERS  # the client is not reading yet
+    t.conn.receive(b"".join(requests), 0.0)
+    server._step(t, 0.0)
+    assert t.pending and t.conn.state is S.WRITING_HEADERS  # the client is not reading yet
     server.ctx.stopping = True
     theirs.shutdown(socket.SHUT_WR)
     got = bytearray()
     for _ in range(10_000):
         for key, mask in server.sel.select(0):
-            if key.data is conn:
-                server._serve(conn, mask, 0.0)
+            if key.data is t:
+                server._step(t, 0.0, mask)
         chunk = theirs.recv(1024)  # a slow reader: the batch stays held back a while
         got += chunk
         if not chunk:
             break
-    assert conn.sock is None
+    assert not t.is_open
     assert len(got) > 0 and whole.startswith(bytes(got))
     assert whole[len(got) :].startswith(b"HTTP/1.1 ")  # it ends where a response ends
 
@@ -256,18 +261,18 @@ def test_at_a_stop_the_linger_waits_for_a_held_back_batch_read_at_a_fair_rate(
     requests = [get("/b.txt")] * 60
     whole = one_at_a_time(server, requests)
     sock = Trickle()
-    conn = attach(server, sock)
+    t = attach(server, sock)
     now = 0.0
-    conn.receive(b"".join(requests), now)
-    server._pump(conn, now)
-    assert len(conn.pending) > rate * server.config.timeouts.linger_s
+    t.conn.receive(b"".join(requests), now)
+    turn(server, t, now)
+    assert len(t.pending) > rate * server.config.timeouts.linger_s
     server.ctx.stopping = True
-    while conn.state is not S.CLOSED and (conn.out or conn.pending):
+    while t.conn.state is not S.CLOSED and (t.conn.out or t.pending):
         now += 1.0
         sock.allow = rate
-        if now >= conn.deadline:
-            conn.check_delivery(len(conn.pending), now)
-            conn.on_timeout(now)
-        server._pump(conn, now)
-    assert conn.state is S.LINGERING
+        if now >= t.conn.deadline:
+            t.conn.check_delivery(len(t.pending), now)
+            t.conn.on_timeout(now)
+        turn(server, t, now)
+    assert t.conn.state is S.LINGERING
     assert whole.startswith(bytes(sock.wire)) and whole[len(sock.wire) :].startswith(b"HTTP/1.1")

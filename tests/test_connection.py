@@ -102,7 +102,7 @@ def test_interest_follows_state_alone() -> None:
 
 
 def test_every_state_is_reachable_and_can_close() -> None:
-    reachable = {S.READING_HEADERS}
+    reachable = {S.READING_HEADERS, S.HANDSHAKING}  # where plain and TLS connections start
     changed = True
     while changed:
         changed = False
@@ -331,7 +331,7 @@ def test_a_response_rate_counts_what_the_client_acknowledged(root: Path) -> None
 
 
 def test_more_follows_only_for_a_whole_bodyless_next_request(root: Path) -> None:
-    from evloop_httpd.reactor import more_follows
+    from evloop_httpd.connection import more_follows
 
     conn, _ = make(root)
     get = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -363,6 +363,65 @@ def test_lingering_lasts_the_configured_linger_time(root: Path) -> None:
     assert conn.state is S.CLOSED
 
 
+def test_a_tls_connection_starts_handshaking_with_its_own_deadline(root: Path) -> None:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True, timeouts={"handshake_s": 3.0}), rec, b"https")
+    conn = Connection(ctx, 100.0, handshake=True)
+    assert conn.state is S.HANDSHAKING and conn.interest == READ
+    assert conn.deadline == 103.0
+    conn.on_timeout(102.9)
+    assert conn.state is S.HANDSHAKING  # not yet
+    conn.handshake_done(102.9)
+    assert conn.state is S.READING_HEADERS
+    assert conn.deadline == 102.9 + ctx.config.timeouts.head_s  # HTTP's own deadline now
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n", 103.0)
+    assert flush_out(conn).endswith(b"alpha\n")
+
+
+def test_a_handshake_that_times_out_closes_quietly(root: Path) -> None:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True), rec, b"https")
+    conn = Connection(ctx, 0.0, handshake=True)
+    conn.on_timeout(conn.deadline)
+    assert conn.state is S.CLOSED and not conn.cut_short and rec.heads == []
+    assert rec.transitions == [(S.HANDSHAKING, Input.TIMEOUT, S.CLOSED)]
+
+
+def test_plain_http_on_a_tls_connection_gets_a_400_then_lingers(root: Path) -> None:
+    rec = Recorder()
+    ctx = Context(make_config(root, trace=True), rec, b"https")
+    conn = Connection(ctx, 0.0, handshake=True)
+    conn.refuse_plain(b"GET / HT", 0.0)
+    wire = flush_out(conn)
+    assert wire.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"\r\nConnection: close\r\n" in wire and b"https://" in wire
+    assert conn.state is S.LINGERING
+    head, _ = make(root)
+    head.state = S.HANDSHAKING
+    head.refuse_plain(b"HEAD / H", 0.0)
+    assert flush_out(head).endswith(b"\r\n\r\n")  # no body after a HEAD
+
+
+@pytest.mark.parametrize(
+    "scheme,target,status",
+    [
+        (b"http", b"https://x/a.txt", 421),
+        (b"http", b"HTTP://x/a.txt", 200),
+        (b"https", b"http://x/a.txt", 421),
+        (b"https", b"Https://x/a.txt", 200),
+        (b"https", b"/a.txt", 200),
+    ],
+)
+def test_the_target_scheme_must_be_the_connections(
+    root: Path, scheme: bytes, target: bytes, status: int
+) -> None:
+    ctx = Context(make_config(root), Recorder(), scheme)
+    conn = Connection(ctx, 0.0)
+    conn.receive(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", 0.0)
+    assert flush_out(conn).startswith(b"HTTP/1.1 %d " % status)
+    assert conn.state is S.READING_HEADERS  # a 421 keeps the connection: framing is intact
+
+
 def test_out_of_budget_a_connection_parks_then_resumes_in_order(root: Path) -> None:
     conn, _ = make(root)
     budget = [True]
@@ -390,4 +449,4 @@ def test_a_parked_connection_whose_client_reads_nothing_closes_quietly(root: Pat
     flush_out(conn)
     assert conn.parked
     conn.on_timeout(conn.deadline)  # never writable all that while: no turn came
-    assert conn.state is S.CLOSED and not conn.out and not conn.reset
+    assert conn.state is S.CLOSED and not conn.out and not conn.cut_short

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd import handler as handler_mod
-from evloop_httpd import reactor as reactor_mod
+from evloop_httpd import transport as transport_mod
 from evloop_httpd import upload as upload_mod
 
 from .conftest import SMALL
@@ -165,13 +165,13 @@ def test_unexpected_exception_gives_500_and_loop_goes_on(
 def test_bug_in_the_reactor_drops_only_that_connection(
     big_server: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def buggy(self: reactor_mod.Server, conn: object, sock: socket.socket) -> int:
+    def buggy(self: transport_mod.Transport, fd: int, offset: int, count: int) -> int:
         raise KeyError("injected")
 
     with Client(big_server.port) as idle:
         idle.send(get("/hello.txt"))
         assert idle.read_response().body == SMALL
-        monkeypatch.setattr(reactor_mod.Server, "_send_file", buggy)
+        monkeypatch.setattr(transport_mod.Transport, "_send_file", buggy)
         with Client(big_server.port, recv_size=65536) as victim:
             victim.send(get("/big.bin"))
             with pytest.raises(ConnectionError):

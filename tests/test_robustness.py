@@ -213,16 +213,16 @@ def test_timer_heap_stays_bounded_under_connection_churn(www: Path) -> None:
         for _ in range(600):
             assert request(srv.port, get("/hello.txt", "Connection: close\r\n")).status == 200
         assert _wait_count(srv, 0)
-        assert len(srv.server._timers) < 200, len(srv.server._timers)
+        assert len(srv.server.timers.heap) < 200, len(srv.server.timers.heap)
 
 
 def test_timer_compaction_keeps_the_heap_the_loop_is_popping(www: Path) -> None:
     # History: compaction rebound self._timers to a new list while _run_timers was popping
     # from the old one (an _arm inside that loop can compact), so pushes and pops diverged.
     with running(www) as srv:
-        heap = srv.server._timers
-        srv.server._compact_timers()
-        assert srv.server._timers is heap
+        heap = srv.server.timers.heap
+        srv.server.timers.compact()
+        assert srv.server.timers.heap is heap
 
 
 def test_bug_in_a_timeout_handler_drops_only_that_connection(

@@ -19,6 +19,7 @@ from evloop_httpd import reactor
 from evloop_httpd.connection import Connection
 from evloop_httpd.reactor import WORK_BUDGET_S, Server
 from evloop_httpd.states import READ, WRITE, ConnState
+from evloop_httpd.transport import Transport
 
 from .helpers import DEADLINE_S, Client, get, make_config, running
 
@@ -77,24 +78,23 @@ def test_expensive_pipelined_requests_take_one_turn_each(server: Server) -> None
     ours.setblocking(False)
     theirs.setblocking(False)
     conn = Connection(server.ctx, 0.0, ("127.0.0.1", 1), ("127.0.0.1", 2), 1)
-    conn.sock = ours
-    conn.events = READ
-    server.sel.register(ours, READ, conn)
+    t = Transport(ours, conn, server.config.use_sendfile)
+    server.sel.register(ours.fileno(), READ, t)
     server.count += 1
     n = 6
     theirs.sendall(get("/missing") * n)  # 404s: never cached, each goes through the handler
-    server._step(conn, 0.0, read=True)
+    server._step(t, 0.0, READ)
     per_turn = [drain(theirs).count(b"HTTP/1.1 404 ")]
     for _ in range(100):
         if sum(per_turn) == n:
             break
-        assert conn.parked and conn.interest == WRITE and conn.events == WRITE
-        ready = [key for key, mask in server.sel.select(0) if key.data is conn]
+        assert conn.parked and conn.interest == WRITE and t.events == WRITE
+        ready = [key for key, mask in server.sel.select(0) if key.data is t]
         assert ready  # no new input: the loop comes back to it all the same
-        server._serve(conn, WRITE, 0.0)
+        server._step(t, 0.0, WRITE)
         per_turn.append(drain(theirs).count(b"HTTP/1.1 404 "))
     assert per_turn == [1] * n
-    assert not conn.parked and conn.state is S.READING_HEADERS and conn.events == READ
+    assert not conn.parked and conn.state is S.READING_HEADERS and t.events == READ
     theirs.close()
 
 
@@ -103,15 +103,14 @@ def test_cheap_pipelined_requests_still_share_a_turn(server: Server) -> None:
     ours.setblocking(False)
     theirs.setblocking(False)
     conn = Connection(server.ctx, 0.0, ("127.0.0.1", 1), ("127.0.0.1", 2), 1)
-    conn.sock = ours
-    conn.events = READ
-    server.sel.register(ours, READ, conn)
+    t = Transport(ours, conn, server.config.use_sendfile)
+    server.sel.register(ours.fileno(), READ, t)
     server.count += 1
     theirs.sendall(get("/a.txt"))
-    server._step(conn, 0.0, read=True)  # fills the cache
+    server._step(t, 0.0, READ)  # fills the cache
     drain(theirs)
     theirs.sendall(get("/a.txt") * 8)
-    server._step(conn, 0.0, read=True)
+    server._step(t, 0.0, READ)
     assert drain(theirs).count(b"HTTP/1.1 200 ") == 8  # cached GETs cost microseconds
     theirs.close()
 

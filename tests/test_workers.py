@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd import cli, reactor, supervisor
-from evloop_httpd.connection import Connection
+from evloop_httpd.transport import Transport
 
 from .helpers import DEADLINE_S, Client, running, wait_until
 from .workerhelp import KeepAliveLoad, Load, fetch, worker_server
@@ -148,9 +148,9 @@ def test_a_stop_closes_a_long_idle_connection_at_once(root: Path) -> None:
         assert wait_until(lambda: srv.server.count == 1)
         # Idle for longer than the grace a just-used connection gets: dropped when stopping.
         phase_start = next(
-            k.data.phase_start
+            k.data.conn.phase_start
             for k in srv.server.sel.get_map().values()
-            if isinstance(k.data, Connection)
+            if isinstance(k.data, Transport)
         )
         assert wait_until(lambda: time.monotonic() - phase_start > reactor.STOP_GRACE_S)
         started = time.monotonic()

@@ -35,6 +35,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -75,6 +76,7 @@ class Scenario:
     connections: int
     mode: loadgen.Mode
     unit: str  # "req/s" or "MiB/s"
+    tls: bool = False  # HTTPS scenarios run only on HTTPS servers, the others only on plain
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -83,14 +85,30 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("medium_keepalive", "100 KiB keep-alive x16", "/medium.bin", 16, "keepalive", "MiB/s"),
     Scenario("large_keepalive", "10 MiB keep-alive x4", "/large.bin", 4, "keepalive", "MiB/s"),
     Scenario("small_pipelined", "1 KiB pipelined 16 x50", "/small.bin", 50, "pipeline", "req/s"),
-)
+    Scenario(
+        "tls_small_keepalive", "HTTPS 1 KiB keep-alive x50", "/small.bin", 50, "keepalive",
+        "req/s", tls=True,
+    ),
+    Scenario(
+        "tls_small_newconn", "HTTPS 1 KiB new conn x50", "/small.bin", 50, "close", "req/s",
+        tls=True,
+    ),
+    Scenario(
+        "tls_large_keepalive", "HTTPS 10 MiB keep-alive x4", "/large.bin", 4, "keepalive",
+        "MiB/s", tls=True,
+    ),
+)  # fmt: skip
 PIPELINE_DEPTH = 16
 # The idle scenario yields three metrics; each is a row of the tables like a load scenario.
 IDLE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("idle_bytes_per_conn", "idle memory per connection", "B/conn"),
     ("idle_probe_p50_ms", "probe p50 while idle held", "ms"),
     ("idle_probe_p99_ms", "probe p99 while idle held", "ms"),
+    ("tls_idle_bytes_per_conn", "HTTPS idle memory per connection", "B/conn"),
 )
+TLS_IDLE = 2000  # idle HTTPS connections for the memory figure (each costs a full handshake)
+OURS_TLS = "evloop_httpd-tls"
+NGINX_TLS = "nginx-tls"
 
 
 # --- servers -------------------------------------------------------------------------------
@@ -105,6 +123,30 @@ class ServerSpec:
     command: Callable[[int, Path, Path], list[str]]  # (port, docroot, workdir) -> argv
     cwd: Path | None = None
     env: dict[str, str] | None = None
+    tls: bool = False  # serves HTTPS with the run's certificate (tls_files)
+
+
+def tls_files(docroot: Path) -> tuple[Path, Path]:
+    """The run's certificate and key: next to the docroot, made once by make_certificate."""
+    return docroot.parent / "tls" / "cert.pem", docroot.parent / "tls" / "key.pem"
+
+
+def make_certificate(docroot: Path) -> None:
+    """A throwaway certificate for 127.0.0.1 (trustme, the test extra; else openssl)."""
+    cert, key = tls_files(docroot)
+    cert.parent.mkdir(exist_ok=True)
+    try:
+        import trustme
+    except ImportError:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        return
+    leaf = trustme.CA().issue_cert("127.0.0.1", "localhost")
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
 
 
 def _ours_missing() -> str | None:
@@ -121,7 +163,7 @@ def _nginx_binary() -> str | None:
     return shutil.which("nginx") or (str(sbin) if sbin.exists() else None)
 
 
-def _nginx_command(port: int, docroot: Path, work: Path) -> list[str]:
+def _nginx_command(port: int, docroot: Path, work: Path, tls: bool = False) -> list[str]:
     # One worker in the foreground, with no master: one process whose RSS is the whole server,
     # matched to ours, which is also one process on one core. tcp_nopush stays at its default
     # (off): with it on, pipelined responses wait out the 40 ms delayed ACK (18k vs 57k req/s).
@@ -148,8 +190,9 @@ http {{
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
     server {{
-        listen {HOST}:{port};
+        listen {HOST}:{port}{" ssl" if tls else ""};
         root {docroot};
+        {_nginx_tls(docroot) if tls else ""}
     }}
 }}
 """
@@ -157,6 +200,40 @@ http {{
     binary = _nginx_binary() or "nginx"
     # -e: even the error log of start-up goes to our temp dir, not /var/log/nginx.
     return [binary, "-p", str(work), "-c", str(conf), "-e", str(work / "nginx-error.log")]
+
+
+def _nginx_tls(docroot: Path) -> str:
+    # The same policy as ours (tls.py): TLS 1.2 and 1.3, ECDHE with AES-GCM or ChaCha20 for
+    # 1.2, server preference, resumption by tickets and a session cache.
+    cert, key = tls_files(docroot)
+    return f"""ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
+        ssl_prefer_server_ciphers on;
+        ssl_session_cache builtin:20480;
+        ssl_session_tickets on;"""
+
+
+def _ours_command(root: Path) -> Callable[[int, Path, Path], list[str]]:
+    def command(port: int, docroot: Path, work: Path) -> list[str]:
+        return [sys.executable, "-m", "evloop_httpd", "-p", str(port), "-d", str(docroot),
+                "-b", HOST, "-q"]  # fmt: skip
+
+    return command
+
+
+def before_spec(ref: str, work: Path) -> ServerSpec:
+    """Ours at an earlier commit (``git archive REF``), for a before/after in one run."""
+    tree = work / f"before-{ref}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "archive", ref], capture_output=True, check=True, timeout=60
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=60)
+    return ServerSpec(
+        f"{OURS}@{ref}", lambda: None, _ours_command(tree), cwd=tree, env={"PYTHONPATH": str(tree)}
+    )
 
 
 # ThreadingHTTPServer with HTTP/1.1 so keep-alive works; silent like the others; a listen
@@ -188,6 +265,24 @@ SERVERS: tuple[ServerSpec, ...] = (
         "nginx",
         lambda: None if _nginx_binary() else "nginx not installed (apt-get install -y nginx)",
         _nginx_command,
+    ),
+    ServerSpec(
+        OURS_TLS,
+        _ours_missing,
+        lambda port, docroot, work: [
+            sys.executable, "-m", "evloop_httpd", "-p", str(port), "-d", str(docroot),
+            "-b", HOST, "-q", "--tls-cert", str(tls_files(docroot)[0]),
+            "--tls-key", str(tls_files(docroot)[1]),
+        ],
+        cwd=REPO_ROOT,
+        env={"PYTHONPATH": str(REPO_ROOT)},
+        tls=True,
+    ),
+    ServerSpec(
+        NGINX_TLS,
+        lambda: None if _nginx_binary() else "nginx not installed (apt-get install -y nginx)",
+        lambda port, docroot, work: _nginx_command(port, docroot, work, tls=True),
+        tls=True,
     ),
     ServerSpec(
         "twisted",
@@ -240,9 +335,18 @@ def pin_prefix(cpu: int | None) -> list[str]:
     return ["taskset", "-c", str(cpu)]
 
 
-def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def client_tls() -> ssl.SSLContext:
+    # Loopback to a certificate this run made: encryption is what is measured, not trust.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def http_get(port: int, path: str, timeout: float = 2.0, tls: bool = False) -> tuple[int, bytes]:
     """One blocking GET on a fresh connection; returns (status, body)."""
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+    raw = socket.create_connection((HOST, port), timeout=timeout)
+    with client_tls().wrap_socket(raw) if tls else raw as sock:
         sock.sendall(loadgen.build_request(path, port, close=True))
         reader = loadgen.ResponseReader()
         chunks: list[bytes] = []
@@ -348,7 +452,7 @@ def running(
             if proc.poll() is not None:
                 raise RuntimeError(f"exited with {proc.returncode}:\n{server.log_tail()}")
             try:
-                if http_get(port, "/small.bin", timeout=1.0)[0] == 200:
+                if http_get(port, "/small.bin", timeout=1.0, tls=spec.tls)[0] == 200:
                     break
             except OSError:
                 pass
@@ -360,10 +464,10 @@ def running(
         server.stop()
 
 
-def verify_files(port: int, docroot: Path) -> None:
+def verify_files(port: int, docroot: Path, tls: bool = False) -> None:
     """Refuse to measure a server that serves the wrong bytes: speed of wrong answers is moot."""
     for name in FILES:
-        status, body = http_get(port, "/" + name, timeout=10.0)
+        status, body = http_get(port, "/" + name, timeout=10.0, tls=tls)
         want = hashlib.sha256((docroot / name).read_bytes()).hexdigest()
         if status != 200 or hashlib.sha256(body).hexdigest() != want:
             raise RuntimeError(f"/{name}: status {status}, {len(body)} bytes, content mismatch")
@@ -413,12 +517,13 @@ class Measurement:
 def run_wrk(
     scenario: Scenario, port: int, duration: int, work: Path, client_cpu: int | None
 ) -> loadgen.LoadResult:
+    scheme = "https" if scenario.tls else "http"
     script = work / f"wrk-{scenario.mode}.lua"
     script.write_text(WRK_SCRIPTS[scenario.mode])
     argv = [
         *pin_prefix(client_cpu),
         "wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s",
-        "-s", str(script), f"http://{HOST}:{port}{scenario.path}",
+        "-s", str(script), f"{scheme}://{HOST}:{port}{scenario.path}",
     ]  # fmt: skip
     out = subprocess.run(
         argv, capture_output=True, text=True, timeout=duration + 30, check=False
@@ -511,6 +616,36 @@ def measure_idle(pid: int, port: int, count: int, probes: int) -> dict[str, Meas
     return result
 
 
+def measure_tls_idle(pid: int, port: int, count: int) -> Measurement:
+    """RSS per held idle HTTPS keep-alive connection (one full handshake and one GET each)."""
+    time.sleep(0.5)
+    before = vm_rss_kib(pid)
+    ctx = client_tls()
+    held: list[ssl.SSLSocket] = []
+    failed = 0
+    request = loadgen.build_request("/small.bin", port)
+    end = time.monotonic() + IDLE_HOLD_DEADLINE_S
+    try:
+        while len(held) + failed < count and time.monotonic() < end:
+            try:
+                sock = ctx.wrap_socket(socket.create_connection((HOST, port), timeout=5.0))
+                sock.sendall(request)
+                reader = loadgen.ResponseReader()
+                while not reader.feed(sock.recv(loadgen.RECV_BYTES) or b"!"):
+                    pass
+                held.append(sock)
+            except (OSError, loadgen.ResponseError):
+                failed += 1
+        time.sleep(0.5)
+        after = vm_rss_kib(pid)
+    finally:
+        for sock in held:
+            sock.close()
+    note = f"held {len(held)}/{count}" + (f", failed {failed}" if failed else "")
+    per_conn = (after - before) * KIB / len(held) if held else None
+    return Measurement(per_conn, len(held), failed, note)
+
+
 # --- orchestration -------------------------------------------------------------------------
 
 
@@ -544,6 +679,11 @@ def estimate_seconds(
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
     selected = [s for s in SERVERS if s.name in args.servers]
+    tmp_root = Path(tempfile.mkdtemp(prefix="evloop-bench-before-"))
+    if args.before:
+        # Ours at the earlier commit runs right after ours in each round: interleaved A/B.
+        selected.insert(selected.index(SERVERS[0]) + 1 if SERVERS[0] in selected else 0,
+                        before_spec(args.before, tmp_root))  # fmt: skip
     specs: list[ServerSpec] = []
     skipped: dict[str, str] = {}
     for spec in selected:
@@ -596,6 +736,8 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         docroot = Path(tmp) / "root"
         docroot.mkdir()
         make_docroot(docroot)
+        if any(spec.tls for spec in specs):
+            make_certificate(docroot)
         for round_no in range(args.rounds):
             per_server: dict[str, dict[str, dict[str, Any]]] = {}
             rounds.append(per_server)
@@ -614,6 +756,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
                     failures.append(f"round {round_no + 1} {spec.name}: {exc}")
                     print(f"  {spec.name} failed: {exc}")
+    shutil.rmtree(tmp_root, ignore_errors=True)
     return {
         "meta": {
             "python": sys.version.split()[0],
@@ -625,11 +768,13 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration,
             "idle_connections": idle,
             "pipeline_depth": PIPELINE_DEPTH,
+            "tls_idle_connections": args.tls_idle,
             "elapsed_s": round(time.monotonic() - started, 1),
             "loadavg_before": round(load_before, 2),
             "loadavg_after": round(os.getloadavg()[0], 2),
         },
         "servers": [s.name for s in specs],
+        "before": args.before,
         "skipped": skipped,
         "failures": failures,
         "rounds": rounds,
@@ -648,10 +793,15 @@ def run_server(
     results: dict[str, dict[str, Any]],
 ) -> None:
     with running(spec, docroot, work, server_cpu) as server:
-        verify_files(server.port, docroot)
+        verify_files(server.port, docroot, spec.tls)
         # Idle first, on a server that has served only a few requests: after the load
         # scenarios its heap has grown, and freed memory would hide new per-connection cost.
-        if idle:
+        if spec.tls and args.tls_idle:
+            m = measure_tls_idle(server.proc.pid, server.port, args.tls_idle)
+            results["tls_idle_bytes_per_conn"] = m.__dict__
+            print(f"  HTTPS idle: {_fmt(m.value, 'B/conn')} B/conn, {m.note}", flush=True)
+            wait_quiet(server.proc.pid)
+        if idle and not spec.tls:
             for key, m in measure_idle(server.proc.pid, server.port, idle, args.probes).items():
                 results[key] = m.__dict__
             m = results["idle_bytes_per_conn"]
@@ -662,6 +812,8 @@ def run_server(
                 flush=True,
             )
         for scenario in args.loads:
+            if scenario.tls != spec.tls:
+                continue
             if server.proc.poll() is not None:
                 raise RuntimeError(f"server died:\n{server.log_tail()}")
             m = measure_load(scenario, server.port, args.duration, use_wrk, work, client_cpu)
@@ -713,6 +865,7 @@ def summarize(report: dict[str, Any]) -> None:
             }
     report["ratios"] = ratios
     report["targets"] = check_targets(medians, report["meta"]["idle_connections"])
+    report["targets"] += tls_targets(medians) + before_after(medians, report.get("before"))
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -765,6 +918,56 @@ def check_targets(medians: dict[str, dict[str, float | None]], idle: int) -> lis
             detail += f" (measured at {idle}; run --idle 10000 for the target)"
         targets.append({"target": text, "status": status, "detail": detail})
     return targets
+
+
+def _relative(
+    medians: dict[str, dict[str, float | None]], ours: str, ref: str, key: str, factor: float,
+    text: str,
+) -> dict[str, Any]:  # fmt: skip
+    a, b = medians.get(ours, {}).get(key), medians.get(ref, {}).get(key)
+    if a is None or b is None:
+        missing = ours if a is None else ref
+        return {"target": text, "status": "n/a", "detail": f"no figure for {missing}"}
+    ratio = a / b
+    status = "met" if ratio >= factor else "not met"
+    return {"target": text, "status": status, "detail": f"{ratio:.2f}x", "ratio": ratio}
+
+
+def tls_targets(medians: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+    """Issue 12: HTTPS against nginx with the same certificate and policy."""
+    targets = [
+        _relative(medians, OURS_TLS, NGINX_TLS, "tls_small_keepalive", 0.4,
+                  "HTTPS small keep-alive >= 0.4x nginx"),
+        _relative(medians, OURS_TLS, NGINX_TLS, "tls_small_newconn", 0.6,
+                  "HTTPS new conn per request >= 0.6x nginx"),
+        _relative(medians, OURS_TLS, NGINX_TLS, "tls_large_keepalive", 0.6,
+                  "HTTPS 10 MiB files >= 0.6x nginx"),
+    ]  # fmt: skip
+    ours = medians.get(OURS_TLS, {}).get("tls_idle_bytes_per_conn")
+    theirs = medians.get(NGINX_TLS, {}).get("tls_idle_bytes_per_conn")
+    if ours is not None or theirs is not None:
+        detail = f"ours {_fmt(ours, 'B/conn')} B/conn, nginx {_fmt(theirs, 'B/conn')} B/conn"
+        targets.append(
+            {"target": "HTTPS idle memory (report)", "status": "report", "detail": detail}
+        )
+    return targets
+
+
+def before_after(
+    medians: dict[str, dict[str, float | None]], before: str | None
+) -> list[dict[str, Any]]:
+    """Plain figures after / before (``--before REF``): the split must not cost throughput."""
+    if not before:
+        return []
+    ref = f"{OURS}@{before}"
+    return [
+        _relative(medians, OURS, ref, key, 0.95, f"plain {title} after/before >= 0.95")
+        for key, title in (
+            ("small_keepalive", "keep-alive"),
+            ("small_pipelined", "pipelined"),
+            ("large_keepalive", "10 MiB"),
+        )
+    ]
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -859,6 +1062,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"scenarios to run, of: {' '.join(keys)}",
     )
     parser.add_argument("--probes", type=int, default=PROBE_COUNT, help="probe GETs while idle")
+    parser.add_argument(
+        "--tls-idle", type=int, default=None, help=f"idle HTTPS connections ({TLS_IDLE})"
+    )
+    parser.add_argument(
+        "--before",
+        metavar="REF",
+        default=None,
+        help="also run ours at git commit REF, interleaved, for plain before/after ratios",
+    )
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument(
         "--budget", type=float, default=None, help="seconds after which no server is started"
@@ -870,6 +1082,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.duration = args.duration if args.duration is not None else (2.0 if quick else 5.0)
     args.idle = args.idle if args.idle is not None else (1000 if quick else 5000)
     args.loads = [s for s in SCENARIOS if s.key in args.scenarios]
+    if args.tls_idle is None:
+        args.tls_idle = (TLS_IDLE // 4 if quick else TLS_IDLE) if "idle" in args.scenarios else 0
     if args.rounds < 1 or args.duration <= 0 or args.idle < 0 or args.probes < 1:
         parser.error("--rounds, --duration and --probes must be positive, --idle non-negative")
     return args

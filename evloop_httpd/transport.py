@@ -1,0 +1,309 @@
+"""The socket side of one connection: what to send when, and how a connection ends on the wire.
+
+Theory of operation
+-------------------
+A :class:`Transport` owns one socket and the bytes in flight on it; the :class:`Connection`
+above it owns HTTP and never sees the socket (asyncio's transports and protocols draw the same
+line). The connection says what it wants sent (:meth:`Connection.to_send`, then a file span,
+:meth:`Connection.file_span`) and what it waits for (``conn.interest``); the transport moves
+bytes and tells it what happened (``receive``, ``wrote``, ``streamed``, ``flushed``). Which
+system calls do that is the transport's business alone:
+
+* **Send first.** When the connection has something to send, it is sent at once. Waiting for
+  the selector to report the socket writable would cost a loop pass for nothing: a socket is
+  almost always writable. Only what the kernel refuses (``EAGAIN``) waits for writability.
+* **Files** go with ``os.sendfile`` from the page cache, or ``pread`` + ``send`` where sendfile
+  is off or unsupported. The fall-back happens only before any sendfile on this socket has
+  worked: a socket that took sendfile once and refuses it now has a real problem. A file that
+  ends before the promised length was truncated under us: the connection aborts.
+* **Held-back batch.** A whole in-memory response that another pipelined response will follow
+  at once (:meth:`Connection.response_follows`) is not sent but kept in ``pending`` (up to
+  ``STAGE_BYTES``), and the batch goes out with the last one in one ``sendmsg``: one system
+  call and one TCP transmission for what would have been sixteen. To the connection these
+  bytes are sent, as bytes in the kernel's buffer are; the transport owes them to the socket
+  before anything else, and while it does it waits for writability only (whatever the state
+  says): a read could bring the client's end of stream, which ends the connection before they
+  have left.
+* **The end.** After a response that closes the connection (LINGERING), the transport sends
+  FIN (``SHUT_WR``) and drains what the client still sends until it closes, because closing
+  with unread bytes makes the kernel send a reset, which can destroy the response before the
+  client reads it. When the client had asked to close and nothing is unread, it closes at
+  once. A connection that ended in the middle of a response (``conn.cut_short``) closes with a
+  reset instead, so that the client cannot take a short body for a whole one.
+
+So the selector interest is the connection's (``INTEREST[state]``) except while the transport
+has a need of its own: held-back bytes to flush (write), or, in :mod:`tls`, a TLS record to
+finish in the other direction. :meth:`Transport.settle` returns that combined mask.
+
+One call to :meth:`Transport.pump` sends until the kernel refuses or ``PUMP_BUDGET`` sends
+have been made, so one fast client downloading a large file, or sending a deep pipeline, cannot
+keep the loop from everyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import struct
+import termios
+from typing import TYPE_CHECKING, ClassVar
+
+from .states import READ, WRITE, ConnState
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its head limit
+SENDFILE_CHUNK = 1024 * 1024  # per sendfile call: large enough to keep the kernel busy
+FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
+PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
+STAGE_BYTES = 64 * 1024  # pipelined responses held back to go out in one send
+CLOSE = -1  # from settle(): the transport is done, close it
+
+_SENDFILE_UNSUPPORTED = frozenset(
+    {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
+)
+_LINGER_RESET = struct.pack("ii", 1, 0)
+S = ConnState
+
+
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # SIOCOUTQ on Linux sockets
+
+
+def unacknowledged(sock: socket.socket) -> int | None:
+    """Bytes in ``sock``'s send queue not yet acknowledged by the peer (Linux SIOCOUTQ), or
+    None where the kernel cannot tell. Asked only when a sending connection's timer expires:
+    about once per ``--stall-timeout`` for a client near ``--min-rate``, seldom for a fast one
+    (see ``Connection._progress``)."""
+    if _OUTQ is None:
+        return None
+    try:
+        out = fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0")
+    except OSError:
+        return None
+    queued: int = struct.unpack("i", out)[0]
+    return queued
+
+
+class Transport:
+    """Plain TCP under one :class:`Connection`. See the module docstring."""
+
+    __slots__ = ("conn", "events", "pending", "shut_wr", "sock", "timer_at", "use_sendfile")
+
+    can_sendfile: ClassVar[bool] = True  # TLS cannot: see tls.py
+
+    def __init__(self, sock: socket.socket, conn: Connection, use_sendfile: bool) -> None:
+        self.sock: socket.socket | None = sock
+        self.conn = conn
+        self.events = READ  # what the selector was last told
+        self.pending: bytes | bytearray = b""  # held back: idle transports keep b"", shared
+        self.shut_wr = False
+        self.timer_at = float("inf")  # see timers.Timers
+        # None: sendfile not tried yet on this socket (it may still fall back), True: it works.
+        self.use_sendfile: bool | None = None if use_sendfile else False
+
+    # What the reactor asks.
+
+    @property
+    def ident(self) -> int:
+        return self.conn.ident
+
+    @property
+    def is_open(self) -> bool:
+        return self.sock is not None
+
+    def fileno(self) -> int:
+        sock = self.sock
+        return sock.fileno() if sock is not None else -1
+
+    def buffered(self) -> bool:
+        """Whether input is buffered above the kernel, where the selector cannot see it."""
+        return False
+
+    # One turn: ready (or due), then pump, then settle.
+
+    def ready(self, mask: int, now: float) -> None:
+        """The selector reported ``mask``: read if the connection wants input."""
+        if mask & READ and self.conn.interest & READ:
+            self.read(now)
+
+    def due(self, now: float) -> None:
+        """The connection's deadline came: let it judge delivery, then time out."""
+        conn = self.conn
+        if conn.state is S.WRITING_HEADERS or conn.state is S.STREAMING_FILE:
+            backlog = self.backlog()
+            if backlog is not None:
+                conn.check_delivery(backlog, now)
+        conn.on_timeout(now)
+
+    def backlog(self) -> int | None:
+        """Bytes the connection counts as sent that the client has not acknowledged."""
+        sock = self.sock
+        queued = unacknowledged(sock) if sock is not None else None
+        return None if queued is None else queued + len(self.pending)
+
+    def input_waits(self) -> bool:
+        """Whether bytes wait unread in the kernel (at a stop, a request on its way is served
+        rather than dropped)."""
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK))  # type: ignore[union-attr]
+        except OSError:
+            return False  # nothing yet (EAGAIN), or reset: nothing to serve
+
+    def read(self, now: float) -> None:
+        sock = self.sock
+        assert sock is not None
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.conn.ctx.observer.debug(f"#{self.conn.ident} recv: {exc}")
+            self.conn.abort()
+            return
+        self.conn.receive(data, now)
+
+    def pump(self, now: float) -> None:
+        """Send what the connection has to send until the kernel refuses or the budget ends:
+        held-back bytes first, then ``to_send()`` (a head, a small body, a multipart boundary),
+        then the file span."""
+        conn = self.conn
+        try:
+            if conn.parked:
+                conn.resume(now)  # a new turn: one waiting request starts whatever the clock
+            for _ in range(PUMP_BUDGET):
+                out = conn.to_send()
+                if out:
+                    pending = self.pending
+                    if len(pending) + len(out) <= STAGE_BYTES and conn.response_follows():
+                        # The next response is about to be made without waiting for input:
+                        # hold this one back, and send the batch with one call.
+                        if pending:
+                            pending += out  # non-empty, it is the bytearray: grows in place
+                        else:
+                            self.pending = bytearray(out)  # idle transports keep b"", not this
+                        conn.wrote(len(out), now)
+                        continue
+                    if not pending:
+                        conn.wrote(self._send(out), now)
+                        continue
+                    held = len(pending)
+                    n = self._send_pair(pending, out)
+                    conn.flushed(min(n, held), now)
+                    if n < held:
+                        del pending[:n]  # type: ignore[union-attr]
+                        return
+                    self.pending = b""
+                    if n > held:
+                        conn.wrote(n - held, now)
+                    continue
+                span = conn.file_span()
+                if span is None:
+                    break
+                if self.pending and not self._flush(now):
+                    return
+                conn.streamed(self._send_file(*span), now)
+            if self.pending:
+                self._flush(now)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            conn.ctx.observer.debug(f"#{conn.ident} send: {exc}")
+            conn.abort()
+
+    def settle(self) -> int:
+        """After a turn: the selector mask to wait for, or CLOSE. Begins the end of a
+        LINGERING connection (FIN, then drain)."""
+        conn = self.conn
+        state = conn.state
+        if state is S.CLOSED:
+            return CLOSE
+        if state is S.LINGERING and not self.shut_wr and not self.pending:
+            if conn.peer_done and self._nothing_unread():
+                conn.drained()  # a plain close sends FIN: nothing unread, so no reset
+                return CLOSE
+            # Our response is complete: send FIN, then drain until the client closes.
+            self.shut_wr = True
+            if not self._shut_wr():
+                conn.abort()
+                return CLOSE
+        # While held-back bytes wait, wait only to write: a read could bring the client's end
+        # of stream, which closes the connection (from LINGERING, say) before they have left.
+        return WRITE if self.pending else conn.interest
+
+    def close(self) -> None:
+        """Close the socket (the reactor has unregistered it): with a reset if a response was
+        cut short, so the client cannot take what it got for the whole."""
+        sock = self.sock
+        if sock is None:
+            return
+        self.sock = None
+        cut_short = self.conn.cut_short or bool(self.pending)  # dropped held-back bytes, too
+        self.pending = b""
+        if cut_short:
+            # SO_LINGER with a zero timeout: close() sends RST and drops unsent data at once.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        else:
+            self._goodbye(sock)
+        sock.close()
+
+    # The system calls; the TLS transport replaces these.
+
+    def _send(self, data: bytes | bytearray | memoryview) -> int:
+        return self.sock.send(data)  # type: ignore[union-attr]
+
+    def _send_pair(self, first: bytes | bytearray, second: bytes | memoryview) -> int:
+        return self.sock.sendmsg((first, second))  # type: ignore[union-attr]
+
+    def _flush(self, now: float) -> bool:
+        """Send what was held back; True when none is left."""
+        pending = self.pending
+        n = self._send(pending)
+        del pending[:n]  # type: ignore[union-attr]
+        self.conn.flushed(n, now)
+        if pending:
+            return False
+        self.pending = b""
+        return True
+
+    def _send_file(self, fd: int, offset: int, remaining: int) -> int:
+        count = min(remaining, SENDFILE_CHUNK)
+        if self.use_sendfile is not False:
+            sock = self.sock
+            assert sock is not None
+            try:
+                n = os.sendfile(sock.fileno(), fd, offset, count)
+            except OSError as exc:
+                # Fall back only before sendfile ever worked here: a socket that took it once
+                # and refuses it now has a real problem, which must not be papered over.
+                if exc.errno not in _SENDFILE_UNSUPPORTED or self.use_sendfile:
+                    raise
+                self.use_sendfile = False
+            else:
+                if n:
+                    self.use_sendfile = True
+                return n
+        data = os.pread(fd, min(count, FALLBACK_CHUNK), offset)
+        return self._send(data) if data else 0
+
+    def _shut_wr(self) -> bool:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        except OSError:
+            return False
+        return True
+
+    def _goodbye(self, sock: socket.socket) -> None:
+        """Last words before an orderly close (TLS: close_notify). Nothing for plain TCP."""
+
+    def _nothing_unread(self) -> bool:
+        try:
+            return not self.sock.recv(RECV_BYTES, socket.MSG_PEEK)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return True  # reset: there is nothing left to protect

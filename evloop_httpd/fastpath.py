@@ -369,12 +369,8 @@ class ResponseCache:
             return  # ENOTDIR, EACCES, ...: not a plain missing name
         else:
             return  # the name exists now (a hidden name, a FIFO, or it just appeared)
-        if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode) or is_racy(st, wall_ns):
             return
-        stamp = max(st.st_mtime_ns, st.st_ctime_ns)
-        coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
-        if wall_ns - stamp < (RACY_COARSE_S if coarse else RACY_S) * 1e9:
-            return  # changed too recently for its stamps to tell a later change apart
         get = error_response(exc)
         head = error_response(exc, head_only=True)
         self._drop(key)
@@ -460,6 +456,14 @@ class ResponseCache:
         entry = self._entries.pop(key, None)
         if entry is not None and entry.body is not None:
             self._total -= len(entry.body)
+
+
+def is_racy(st: os.stat_result, wall_ns: int) -> bool:
+    """Was the folder ``st`` changed so recently (before ``time.time_ns()`` gave ``wall_ns``)
+    that a change now could get the same stamps? Then its stamps are no evidence."""
+    stamp = max(st.st_mtime_ns, st.st_ctime_ns)
+    coarse = st.st_mtime_ns % 1_000_000_000 == 0 and st.st_ctime_ns % 1_000_000_000 == 0
+    return wall_ns - stamp < (RACY_COARSE_S if coarse else RACY_S) * 1e9
 
 
 def _none_match(value: bytes, etag: bytes | None) -> bool:

@@ -459,7 +459,8 @@ def machine_busy_s() -> float | None:
 class OthersMeter:
     """Other processes' CPU over a window: machine busy time minus the measurement's own."""
 
-    def __init__(self, server_pid: int) -> None:
+    def __init__(self, server_pid: int | None) -> None:
+        """``server_pid``: a process that is neither this one nor a child it will reap."""
         self.pid = server_pid
         self.busy = machine_busy_s()
         self.server = _cpu_or_none(server_pid)
@@ -482,7 +483,9 @@ class OthersMeter:
         return max(0.0, (busy - self.busy) - ours) / window if window > 0 else None
 
 
-def _cpu_or_none(pid: int) -> float | None:
+def _cpu_or_none(pid: int | None) -> float | None:
+    if pid is None:
+        return 0.0
     try:
         return cpu_seconds(pid)
     except (OSError, ValueError, IndexError):

@@ -16,6 +16,9 @@ that arrives on a socket; the ratios use the faster of the two. No run calls fsy
 not; ours only with ``--fsync``), so all of them measure writes into the page cache, and the
 kernel's writeback of earlier rounds may overlap a later one: interleaved rounds spread that.
 
+CPU: the server's own user+system time per upload (``/proc/PID/stat``), shown per GiB. Unlike
+MiB/s it hardly depends on what else runs, so on a busy machine it is the figure to compare.
+
 Memory: the server's VmRSS is sampled every 10 ms during each upload; the table shows the RSS
 before and the highest sample. A server whose memory grows with the body shows it here.
 
@@ -47,7 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from run import OthersMeter, _nginx_binary, free_port, vm_rss_kib
+from run import OthersMeter, _nginx_binary, cpu_seconds, free_port, vm_rss_kib
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -67,6 +70,7 @@ class Figure:
     rss_peak_kib: int = 0
     others_cpu: float | None = None
     note: str = ""
+    server_cpu_s: float | None = None  # the server's user+system CPU for this upload
 
 
 @dataclass
@@ -182,6 +186,7 @@ def put(server: Server, name: str, size: int, chunked: bool, timeout: float) -> 
         framing,
     )
     meter = OthersMeter(server.proc.pid)
+    cpu_before = cpu_seconds(server.proc.pid)
     sampler.start()
     try:
         started_at = time.monotonic()
@@ -209,17 +214,19 @@ def put(server: Server, name: str, size: int, chunked: bool, timeout: float) -> 
         stop.set()
         sampler.join()
     others = meter.stop()
+    cpu = cpu_seconds(server.proc.pid) - cpu_before
     status = reply[9:12]
     peak = max(server.samples, default=before)
     target = server.root / name
     if status not in (b"201", b"204") or target.stat().st_size != size:
         got = target.stat().st_size if target.exists() else None
-        return Figure(None, before, peak, others, f"status {status!r}, {got} bytes on disk")
+        return Figure(None, before, peak, others, f"status {status!r}, {got} bytes on disk", cpu)
     with target.open("rb") as f:  # the last block is the block: the body landed whole
         f.seek(size - min(size, MIB))
         ok = f.read() == BLOCK[: min(size, MIB)]
     target.unlink()
-    return Figure(size / MIB / elapsed, before, peak, others, "" if ok else "content mismatch")
+    note = "" if ok else "content mismatch"
+    return Figure(size / MIB / elapsed, before, peak, others, note, cpu)
 
 
 def dd_limit(work: Path, size: int, timeout: float, source: str) -> Figure:
@@ -301,7 +308,8 @@ def _describe(fig: Figure) -> str:
     rss = f", RSS {fig.rss_before_kib / 1024:.1f} -> peak {fig.rss_peak_kib / 1024:.1f} MiB"
     others = "?" if fig.others_cpu is None else f"{fig.others_cpu:.2f}"
     note = f" ({fig.note})" if fig.note else ""
-    return f"{speed}{rss if fig.rss_before_kib else ''}, others {others} CPU{note}"
+    cpu = "" if fig.server_cpu_s is None else f", server CPU {fig.server_cpu_s:.2f} s"
+    return f"{speed}{rss if fig.rss_before_kib else ''}{cpu}, others {others} CPU{note}"
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -312,7 +320,9 @@ def _median(values: list[float | None]) -> float | None:
 def report(runs: dict[str, list[Figure]], args: argparse.Namespace, load_before: float) -> None:
     print()
     print(f"PUT of {args.size_mib} MiB, median over {args.rounds} round(s)")
-    print(f"{'':34}{'MiB/s':>10}{'RSS before':>12}{'RSS peak':>10}{'others CPU':>12}")
+    print(
+        f"{'':34}{'MiB/s':>10}{'RSS before':>12}{'RSS peak':>10}{'CPU s/GiB':>11}{'others CPU':>12}"
+    )
     medians: dict[str, float | None] = {}
     for label, figs in runs.items():
         medians[label] = _median([f.mib_s for f in figs])
@@ -321,7 +331,9 @@ def report(runs: dict[str, list[Figure]], args: argparse.Namespace, load_before:
         peak = max(f.rss_peak_kib for f in figs) / 1024
         others = max((f.others_cpu or 0.0) for f in figs)
         rss = f"{before:>11.1f}M{peak:>9.1f}M" if peak else f"{'':>12}{'':>10}"
-        print(f"{label:34}{speed:>10}{rss}{others:>12.2f}")
+        cpu = _median([f.server_cpu_s for f in figs])
+        per_gib = "" if cpu is None else f"{cpu * 1024 / args.size_mib:.2f}"
+        print(f"{label:34}{speed:>10}{rss}{per_gib:>11}{others:>12.2f}")
     print()
     limits = [m for k, m in medians.items() if k.startswith("dd ") and m is not None]
     limit = max(limits, default=None)  # the better of pipe and socket

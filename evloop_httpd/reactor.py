@@ -355,7 +355,15 @@ class Server:
         if host is not None:
             addr = (host, *addr[1:])
         tls = self.tls
-        conn = Connection(self.ctx, now, addr, local, next(self._ids), handshake=tls is not None)
+        conn = Connection(
+            self.ctx,
+            now,
+            addr,
+            local,
+            next(self._ids),
+            handshake=tls is not None,
+            proxy=self.config.proxy_protocol,
+        )
         t: Transport
         if tls is None:
             t = Transport(sock, conn, self.config.use_sendfile)
@@ -463,6 +471,7 @@ class Server:
             # on a reload (see supervisor.py) dropping it would fail a request. Over TLS, the
             # close sends close_notify (see tls.py).
             if not t.pending and conn.state in (
+                S.PROXY_HEADER,
                 S.HANDSHAKING,
                 S.READING_HEADERS,
                 S.AUTHENTICATING,

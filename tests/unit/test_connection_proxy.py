@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from evloop_httpd import connection as connection_module
 from evloop_httpd.connection import Connection, Context
 from evloop_httpd.proxyproto import MAX_V2_BYTES
 from evloop_httpd.states import READ, ConnState, Input
@@ -173,3 +174,18 @@ def test_forwarded_client_per_request(root: Path) -> None:
         assert conn.peer == client
         flush_out(conn)
     assert conn.state is S.READING_HEADERS
+
+
+def test_the_clients_cache_is_bounded(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(connection_module, "CLIENTS_CACHED", 8)
+    conn, _ = make(root, trusted_proxies=(ipaddress.ip_network("203.0.113.0/24"),))
+    play(conn, [V1])
+    for i in range(20):
+        conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.%d\r\n\r\n" % i, 0)
+        assert conn.peer == (f"10.0.0.{i}", 0)
+        assert len(conn.ctx.clients) <= 8
+        flush_out(conn)
+    long = b", ".join([b"203.0.113.5"] * 60)  # all trusted: the leftmost is the client
+    conn.receive(b"GET /a.txt HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: " + long + b"\r\n\r\n", 0)
+    assert conn.peer == ("203.0.113.5", 0)
+    assert all(len(key[2] or b"") < len(long) for key in conn.ctx.clients)

@@ -478,7 +478,10 @@ class Server:
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):
-                if conn.state is S.READING_HEADERS and not conn.inbuf:
+                # A connection still in its PROXY header has not sent its request either.
+                if (
+                    conn.state is S.READING_HEADERS and not conn.inbuf
+                ) or conn.state is S.PROXY_HEADER:
                     if t.input_waits():
                         continue
                     if now - conn.phase_start < STOP_GRACE_S:

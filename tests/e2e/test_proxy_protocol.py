@@ -405,3 +405,28 @@ def test_the_socket_family_of_the_listener_does_not_matter(site: Path, stats: Pa
         srv.stop()
     rows = csv_rows(stats, 2)
     assert {r["client_ip"] for r in rows} == {"203.0.113.62"}
+
+
+# A graceful stop (a reload with --workers) fails no request that is on its way
+
+
+@pytest.mark.parametrize("sent_before_stop", [0, 10], ids=["nothing-yet", "part-of-header"])
+def test_a_stop_serves_a_connection_accepted_just_before_it(
+    proxied: RunningServer, stats: Path, sent_before_stop: int
+) -> None:
+    # History: a stopping server dropped connections still in PROXY_HEADER, so a request
+    # whose header had not arrived when a reload began got an empty reply.
+    header = v1("TCP4", "203.0.113.90", "192.0.2.1", 9090, 80)
+    with Client(proxied.port, recv_size=4096) as c:
+        conn = connection_of(proxied)
+        c.send(header[:sent_before_stop])
+        assert wait_until(lambda: len(conn.inbuf) == sent_before_stop)
+        proxied.server.request_stop()
+        assert wait_until(lambda: proxied.server.ctx.stopping)
+        c.send(header[sent_before_stop:] + get("/hello.txt"))
+        reply = c.read_response()
+        assert reply.status == 200 and reply.body == BODY
+        assert reply.header("Connection") == "close"
+        assert c.closed_by_peer()
+    [row] = csv_rows(stats, 1)
+    assert row["client_ip"] == "203.0.113.90"

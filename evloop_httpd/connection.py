@@ -59,6 +59,7 @@ from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
+from .form_upload import FormUpload
 from .handler import Handler
 from .parser import Request, parse_head
 from .responses import (
@@ -226,7 +227,7 @@ class Connection:
         self.trailer = b""
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
-        self.upload: Upload | None = None
+        self.upload: Upload | FormUpload | None = None
         self.user: str | None = None  # the account the current request acts as
         self.auth_ticket = 0  # the password check this connection waits for (0: none)
         self.keep_alive = False
@@ -541,7 +542,7 @@ class Connection:
         inbuf = self.inbuf
         cache = ctx.cache
         key = cache.key(req)
-        plan: Response | Upload | None = (
+        plan: Response | Upload | FormUpload | None = (
             None if key is None else cache.lookup(key, req.method == b"HEAD", now)
         )
         if plan is None:
@@ -576,14 +577,23 @@ class Connection:
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
         assert body is not None and upload is not None and req is not None
+        form = upload if isinstance(upload, FormUpload) else None
+        done = False
         while True:
-            # Bounded reads: a recv of tiny chunks is thousands of lines to decode. Between
-            # reads, the work budget decides whether to go on now or park until the next turn.
-            data, done = body.read(self.inbuf, LINES_PER_STEP)
-            if data:
-                upload.write(data)
-                self._progress(len(data), now)
-            if done or not body.paused:
+            # Bounded reads: a recv of tiny chunks is thousands of lines to decode, and one of
+            # tiny form parts hundreds of files to create. Between steps, the work budget
+            # decides whether to go on now or park until the next turn. A form's backlog is
+            # worked off before more of the body is decoded, so it never outgrows one recv.
+            worked = form is not None and form.backlog
+            if worked:
+                form.work()  # type: ignore[union-attr]
+            else:
+                data, done = body.read(self.inbuf, LINES_PER_STEP)
+                if data:
+                    upload.write(data)
+                    self._progress(len(data), now)
+            backlog = form is not None and form.backlog
+            if not worked and not backlog and (done or not body.paused):
                 break
             if not self.ctx.may_start():
                 self.parked = True

@@ -47,7 +47,9 @@ from .files import (
     strong_etag,
     under_root,
 )
+from .form_upload import FormUpload
 from .listing_assets import HEADERS as LISTING_HEADERS
+from .multipart import boundary_from_content_type
 from .negotiate import SIDECARS, choose_coding, wants_json
 from .parser import Request
 from .ranges import content_range, multipart_spans, plan_ranges, unsatisfied_range
@@ -55,6 +57,7 @@ from .responses import Response, http_date, text_response
 from .upload import Upload, lstat_in
 
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
+_POST = b"POST"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
 _INDEX = "index.html"
 # Says why, so that whoever runs the server sees at once what to change.
@@ -69,7 +72,7 @@ def _precondition_failed() -> HttpError:
 class Handler:
     """Turns requests into response plans for one root directory."""
 
-    __slots__ = ("allow", "can_write", "config", "listings", "root_real")
+    __slots__ = ("allow", "allow_files", "can_write", "config", "listings", "root_real")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,6 +83,11 @@ class Handler:
             methods.append(_PUT)
             if config.allow_delete:
                 methods.append(_DELETE)
+        # POST (a form upload) applies to folders only: a 405 for POST to a file lists the
+        # methods without it, OPTIONS (which does not look at the path) lists them all.
+        self.allow_files = b", ".join(methods)
+        if not config.read_only:
+            methods.append(_POST)
         self.allow = b", ".join(methods)
         # Whether a listing offers the upload form. The handler does not know who asks: with
         # --auth-scope write (the default) a GET is admitted without looking at credentials,
@@ -91,7 +99,7 @@ class Handler:
             config.public and config.auth_file is None and not config.allow_anonymous_writes
         )
 
-    def begin(self, req: Request, wall: float) -> Response | Upload:
+    def begin(self, req: Request, wall: float) -> Response | Upload | FormUpload:
         """Start answering ``req``: a complete plan, or an upload awaiting its body.
 
         ``wall`` is the wall-clock time the Date header shows (Last-Modified may not be later).
@@ -103,6 +111,8 @@ class Handler:
             return self._get(req, wall)
         if method == _PUT and not self.config.read_only:
             return self._begin_put(req, wall)
+        if method == _POST and not self.config.read_only:
+            return self._begin_post(req)
         if method == _DELETE and self.config.allow_delete and not self.config.read_only:
             return self._delete(req, wall)
         if method == _OPTIONS:
@@ -381,7 +391,52 @@ class Handler:
         if evaluate(_PUT, req.get, etag, modified) is Outcome.PRECONDITION_FAILED:
             raise _precondition_failed()
 
-    def finish_upload(self, upload: Upload, req: Request) -> Response:
+    # POST: a form upload into a folder (see form_upload.py)
+
+    def _begin_post(self, req: Request) -> FormUpload:
+        segments, _ = decode_segments(req.path)
+        try:
+            check_hidden(segments, self.config.dotfiles)
+        except HttpError:
+            raise HttpError(
+                HTTPStatus.FORBIDDEN, "hidden names cannot be written", close=True
+            ) from None
+        try:
+            folder_fd = open_folder(self.root_real, segments)
+        except HttpError as exc:
+            if exc.status != HTTPStatus.CONFLICT:
+                raise
+            # open_folder's 409 means "no such folder": a file there is not a place to post
+            # to (405, its Allow without POST), nothing there is a 404.
+            if os.path.lexists(under_root(self.root_real, segments)):
+                raise HttpError(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    "POST uploads go to a folder's URL",
+                    close=True,
+                    headers=((b"Allow", self.allow_files),),
+                ) from None
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such folder", close=True) from None
+        try:
+            if not req.chunked and req.get(b"content-length") is None:
+                raise HttpError(HTTPStatus.LENGTH_REQUIRED, "POST needs Content-Length or chunked")
+            boundary = boundary_from_content_type(req.get(b"content-type"))
+        except BaseException:
+            os.close(folder_fd)
+            raise
+        # The folder's canonical URL, re-encoded from the decoded segments (never "//...").
+        location = "/" + "".join(quote(s, safe="") + "/" for s in segments)
+        return FormUpload(
+            folder_fd,
+            boundary,
+            location.encode("ascii"),
+            fsync=self.config.fsync,
+            dotfiles=self.config.dotfiles,
+            json_answer=wants_json(req.get(b"accept")),
+        )
+
+    def finish_upload(self, upload: Upload | FormUpload, req: Request) -> Response:
+        if isinstance(upload, FormUpload):
+            return upload.finish()
         if any(req.get(name) is not None for name in _CONDITIONS):
             # Another PUT or DELETE may have finished while this body arrived: check again
             # just before the rename, so If-Match really prevents a lost update.

@@ -337,7 +337,7 @@ def test_not_multipart_is_415_and_post_to_a_file_405(root: Path) -> None:
         assert plain.status == 415
         to_file = request(srv.port, post("/in/f.txt", form(part("file", b"x", "y.txt"))))
         assert to_file.status == 405
-        assert to_file.header("Allow") is not None and "POST" not in to_file.header("Allow")
+        assert "POST" not in (to_file.header("Allow") or "POST")
         missing = request(srv.port, post("/nope/", form(part("file", b"x", "y.txt"))))
         assert missing.status == 404
         opts = request(srv.port, b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")

@@ -7,6 +7,8 @@ allowed, hostile names, NFC, aborts at many cut points, --max-upload, and the ac
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
 import socket
@@ -17,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from evloop_httpd import auth, hasher
+from evloop_httpd import upload as upload_mod
 
 from ..helpers import Client, connect, request, running, wait_until
 
@@ -411,3 +414,81 @@ def test_timeout_mid_part_removes_the_temp_file(root: Path) -> None:
         reply = c.read_response()
         assert reply.status == 408
     assert temps(root / "in") == [] and not (root / "in" / "slow.bin").exists()
+
+
+@pytest.mark.parametrize(("err", "status"), [(errno.ENOSPC, 507), (errno.EDQUOT, 507)])
+def test_disk_fills_mid_part(
+    root: Path, monkeypatch: pytest.MonkeyPatch, err: int, status: int
+) -> None:
+    real_write = os.write
+    written = [0]
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        if written[0] > 100_000:
+            raise OSError(err, os.strerror(err))
+        n = real_write(fd, data)
+        written[0] += n
+        return n
+
+    monkeypatch.setattr(upload_mod.os, "write", write)
+    body = form(part("file", b"first", "a.txt"), part("file", b"z" * 1_000_000, "b.bin"))
+    with running(root) as srv, Client(srv.port) as c:
+        # The server may close before taking it all; its answer is already queued.
+        with contextlib.suppress(OSError):
+            c.send(post("/in/", body)[:-100_000])
+        reply = c.read_response()
+        assert c.closed_by_peer()
+    assert reply.status == status and reply.header("Connection") == "close"
+    # The part committed before the disk filled stays; the one it filled in does not.
+    assert os.listdir(root / "in") == ["a.txt"]
+
+
+def test_disk_full_at_commit_is_507(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(upload_mod.os, "link", link)
+    with running(root) as srv:
+        reply = request(srv.port, post("/in/", form(part("file", b"abc", "new.txt"))))
+    assert reply.status == 507
+    assert os.listdir(root / "in") == []
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_fsync_each_part_before_the_answer(
+    root: Path, monkeypatch: pytest.MonkeyPatch, fsync: bool
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        real_fsync(fd)
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+
+    monkeypatch.setattr(upload_mod.os, "fsync", recording_fsync)
+    body = form(part("file", b"1", "a.txt"), part("file", b"2", "b.txt"))
+    with running(root, fsync=fsync) as srv:
+        reply = request(srv.port, post("/in/", body))
+        seen = list(synced)  # as the answer arrived
+    assert reply.status == 303
+    folder = str(root / "in")
+    if fsync:
+        # Each part: its data under the temp name, then the folder with the new entry.
+        assert len(seen) == 4
+        assert ".evloop-upload-" in seen[0] and ".evloop-upload-" in seen[2]
+        assert seen[1] == seen[3] == folder
+    else:
+        assert seen == []
+
+
+def test_upload_cap_counts_a_form_upload(root: Path) -> None:
+    # One upload allowed at a time: a POST whose body is still arriving holds the slot.
+    body = form(part("file", b"x" * 1000, "a.txt"))
+    with running(root, max_uploads=1) as srv, Client(srv.port) as slow:
+        slow.send(post("/in/", body)[:-10])
+        assert wait_until(lambda: srv.server.ctx.uploads == 1)
+        second = request(srv.port, post("/in/", form(part("file", b"y", "b.txt"))))
+        assert second.status == 503 and second.header("Retry-After") == "1"
+        slow.send(post("/in/", body)[-10:])
+        assert slow.read_response().status == 303
+    assert os.listdir(root / "in") == ["a.txt"]

@@ -2,12 +2,14 @@
 
 Theory of operation: :meth:`Handler.begin` is called once per request head and returns either
 a finished :class:`Response` plan or, for a PUT that will be accepted, an :class:`Upload` to
-stream the body into; :meth:`Handler.finish_upload` then produces the PUT's response. Every
+stream the body into (for a POST to a folder, a :class:`FormUpload`); :meth:`Handler.finish_upload`
+then produces the response. Every
 refusal is an :class:`HttpError` raised from here and answered by the connection. The handler
 holds no per-connection state and never touches a socket, so its tests need only a directory.
 
-Method policy (RFC 9110 §9): GET, HEAD, OPTIONS and PUT are served (PUT unless
-``--read-only``), DELETE with ``--allow-delete``. The other methods RFC 9110 defines are known
+Method policy (RFC 9110 §9): GET, HEAD, OPTIONS, PUT and POST are served (PUT and POST
+unless ``--read-only``; POST only to a folder, as a multipart/form-data upload), DELETE with
+``--allow-delete``. The other methods RFC 9110 defines are known
 but not allowed here: 405 with ``Allow``. Any other token is a method we do not implement: 501.
 
 A file GET goes: resolve the path (404/403 first), pick the variant (a precompressed sidecar

@@ -396,13 +396,13 @@ class Handler:
     # POST: a form upload into a folder (see form_upload.py)
 
     def _begin_post(self, req: Request) -> FormUpload:
+        # Refusals before the body is read do not force a close: the connection closes anyway
+        # when a body was announced and is left unread, and keeps a bodiless request's.
         segments, _ = decode_segments(req.path)
         try:
             check_hidden(segments, self.config.dotfiles)
         except HttpError:
-            raise HttpError(
-                HTTPStatus.FORBIDDEN, "hidden names cannot be written", close=True
-            ) from None
+            raise HttpError(HTTPStatus.FORBIDDEN, "hidden names cannot be written") from None
         try:
             folder_fd = open_folder(self.root_real, segments)
         except HttpError as exc:
@@ -414,10 +414,9 @@ class Handler:
                 raise HttpError(
                     HTTPStatus.METHOD_NOT_ALLOWED,
                     "POST uploads go to a folder's URL",
-                    close=True,
                     headers=((b"Allow", self.allow_files),),
                 ) from None
-            raise HttpError(HTTPStatus.NOT_FOUND, "no such folder", close=True) from None
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such folder") from None
         try:
             if not req.chunked and req.get(b"content-length") is None:
                 raise HttpError(HTTPStatus.LENGTH_REQUIRED, "POST needs Content-Length or chunked")

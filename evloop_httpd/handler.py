@@ -85,8 +85,8 @@ class Handler:
             methods.append(_PUT)
             if config.allow_delete:
                 methods.append(_DELETE)
-        # POST (a form upload) applies to folders only: a 405 for POST to a file lists the
-        # methods without it, OPTIONS (which does not look at the path) lists them all.
+        # POST (a form upload) applies to folders only: Allow names it for a folder's URL, not
+        # for a file's, a missing name's or "*" (OPTIONS *: what every resource allows).
         self.allow_files = b", ".join(methods)
         if not config.read_only:
             methods.append(_POST)
@@ -118,15 +118,27 @@ class Handler:
         if method == _DELETE and self.config.allow_delete and not self.config.read_only:
             return self._delete(req, wall)
         if method == _OPTIONS:
-            resp = Response(HTTPStatus.OK, [(b"Allow", self.allow), (b"Content-Length", b"0")])
-            return resp
+            allow = self._allow(req)
+            return Response(HTTPStatus.OK, [(b"Allow", allow), (b"Content-Length", b"0")])
         if method == _PUT or method in _KNOWN_NOT_ALLOWED:
             raise HttpError(
                 HTTPStatus.METHOD_NOT_ALLOWED,
                 f"{method.decode('ascii')} is not allowed here",
-                headers=((b"Allow", self.allow),),
+                headers=((b"Allow", self._allow(req)),),
             )
         raise HttpError(HTTPStatus.NOT_IMPLEMENTED, "unknown method")
+
+    def _allow(self, req: Request) -> bytes:
+        """The Allow value for the request's target (see ``allow_files``). A ``stat``: only
+        OPTIONS and 405 answers pay it."""
+        if self.allow == self.allow_files or not req.path.startswith(b"/"):
+            return self.allow_files
+        try:
+            segments, _ = decode_segments(req.path)
+        except HttpError:
+            return self.allow_files
+        is_folder = os.path.isdir(under_root(self.root_real, segments))
+        return self.allow if is_folder else self.allow_files
 
     # GET and HEAD
 

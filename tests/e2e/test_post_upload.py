@@ -343,8 +343,14 @@ def test_not_multipart_is_415_and_post_to_a_file_405(root: Path) -> None:
         assert "POST" not in (to_file.header("Allow") or "POST")
         missing = request(srv.port, post("/nope/", form(part("file", b"x", "y.txt"))))
         assert missing.status == 404
-        opts = request(srv.port, b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n")
-        assert "POST" in (opts.header("Allow") or "")
+        # Allow names POST for a folder's URL only.
+        folder = request(srv.port, b"OPTIONS /in/ HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert folder.header("Allow") == "GET, HEAD, OPTIONS, PUT, POST"
+        for target in (b"*", b"/in/f.txt", b"/nope/"):
+            opts = request(srv.port, b"OPTIONS %s HTTP/1.1\r\nHost: t\r\n\r\n" % target)
+            assert opts.header("Allow") == "GET, HEAD, OPTIONS, PUT", target
+        patch = request(srv.port, b"PATCH /in/ HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert patch.status == 405 and patch.header("Allow") == "GET, HEAD, OPTIONS, PUT, POST"
     assert sorted(os.listdir(root / "in")) == ["f.txt"]
 
 

@@ -29,7 +29,10 @@ and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to
 :meth:`Connection.abort` (a socket error, or the server stopping).
 
 A parsed request is answered from the response cache (:mod:`fastpath`) when that can be done
-safely, else by the handler; either way the answer is a :class:`Response` plan.
+safely, else by the handler; either way the answer is a :class:`Response` plan. A request whose
+body the handler accepts (a PUT; a POST of a form to a folder) gets an upload instead, an
+:class:`~evloop_httpd.upload.Upload` or a :class:`~evloop_httpd.form_upload.FormUpload`, and
+the body is decoded into it as it arrives; its response is made once the body is complete.
 
 ``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
 been sent, it becomes an error response; otherwise the connection aborts. Any other exception is
@@ -41,10 +44,11 @@ One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a
 the next one is parsed at once, without going back to the selector, as long as the reactor's
 work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
 can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
-decodes more of a body of tiny chunks), it waits to write rather than to read, and the
-transport's next turn calls :meth:`resume`. The transport does not read while a response is
-being written or while parked, so ``inbuf`` never holds more than the head limit plus one
-``recv``: memory per connection is bounded whatever is sent or received.
+decodes more of a body of tiny chunks, nor acts on more parts of a form), it waits to write
+rather than to read, and the transport's next turn calls :meth:`resume`. The transport does
+not read while a response is being written or while parked, so ``inbuf`` never holds more
+than the head limit plus one ``recv``: memory per connection is bounded whatever is sent or
+received.
 """
 
 from __future__ import annotations
@@ -149,7 +153,7 @@ class Context:
         # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
         # response's average rate is judged on that, not on what the kernel took: see _progress.
         self.acks_known = False
-        self.uploads = 0  # PUTs holding a temp file and a folder descriptor (see Config)
+        self.uploads = 0  # PUTs and POSTs holding a temp file and a folder descriptor (Config)
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer

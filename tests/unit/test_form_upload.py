@@ -3,16 +3,19 @@ byte-by-byte feeds, aborts."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
 
 import pytest
 
+from evloop_httpd import upload as upload_mod
 from evloop_httpd.connection import Connection, Context
 from evloop_httpd.errors import HttpError
 from evloop_httpd.form_upload import PARTS_PER_STEP, FormUpload
 from evloop_httpd.states import WRITE, ConnState, Input
+from evloop_httpd.upload import Upload
 
 from ..helpers import make_config
 
@@ -129,3 +132,42 @@ def test_connection_parks_between_steps_of_tiny_parts(tmp_path: Path) -> None:
     assert conn.state is ConnState.WRITING_HEADERS
     assert conn.out.startswith(b"HTTP/1.1 303 ")
     assert len(os.listdir(tmp_path)) == n and ctx.uploads == 0
+
+
+def test_a_file_appearing_mid_part_is_not_overwritten(tmp_path: Path) -> None:
+    up = FormUpload(open_dir(tmp_path), B, b"/", fsync=False, dotfiles=False, json_answer=True)
+    up.write(part("race.txt", b"from the form")[:-2])  # the part is open, its name was free
+    (tmp_path / "race.txt").write_bytes(b"someone else's")
+    up.write(b"\r\n--" + B + b"--\r\n")
+    resp = up.finish()
+    assert resp.status == 409
+    assert json.loads(resp.body)["refused"][0]["name"] == "race.txt"
+    assert (tmp_path / "race.txt").read_bytes() == b"someone else's"
+    assert os.listdir(tmp_path) == ["race.txt"]
+
+
+@pytest.mark.parametrize("errno_", [errno.EPERM, errno.EOPNOTSUPP])
+def test_no_clobber_without_hard_links_checks_then_renames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, errno_: int
+) -> None:
+    def link(*args: object, **kwargs: object) -> None:
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(upload_mod.os, "link", link)
+    fd = open_dir(tmp_path)
+    try:
+        fresh = Upload(fd, "new.txt", fsync=False, own_dir=False)
+        fresh.write(b"new")
+        assert fresh.commit(replace=False)[0] is True
+        (tmp_path / "old.txt").write_bytes(b"old")
+        late = Upload(fd, "old.txt", fsync=False, own_dir=False)
+        late.write(b"would replace")
+        with pytest.raises(HttpError) as err:
+            late.commit(replace=False)
+        assert err.value.status == 409
+        os.fstat(fd)  # own_dir=False: still open
+    finally:
+        os.close(fd)
+    assert (tmp_path / "new.txt").read_bytes() == b"new"
+    assert (tmp_path / "old.txt").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["new.txt", "old.txt"]

@@ -569,6 +569,8 @@ class Connection:
                 headers=((b"Retry-After", b"1"),),
             )
         ctx.uploads += 1  # until _drop_upload
+        if isinstance(plan, FormUpload):
+            plan.may_continue = ctx.may_start  # parts started per turn: see form_upload.py
         self.upload = plan
         self.body = ChunkedBody(ctx.config.limits) if req.chunked else FixedBody(req.content_length)
         if req.expect == b"100-continue" and req.has_body and not inbuf:

@@ -24,9 +24,13 @@ starts (the name is checked) and again at its commit (without overwrite the rena
 replace a file that appeared meanwhile: see :meth:`Upload.commit`).
 
 Work: a ``recv`` of 64 KiB can hold hundreds of tiny parts, each a file to create, link and
-unlink. Events are therefore kept in a backlog and acted on at most ``PARTS_PER_STEP`` parts per
-call; the connection reads no more of the body while a backlog is left and, between steps,
-lets the reactor's work budget decide whether to go on now or next turn.
+unlink, and what a create costs depends on the filesystem: 70 us on tmpfs, 1.5-2 ms on this
+project's test machine's disk (``tests/benchmarks/post_bench.py``). So a count alone cannot bound
+a step. Events are kept in a backlog; one call of :meth:`work` starts at least one part and
+then another only while ``may_continue`` (the reactor's work budget for this turn, set by the
+connection) says there is time, and never more than ``PARTS_PER_STEP``. The connection reads
+no more of the body while a backlog is left, and parks until the next turn when the budget is
+spent, so a turn costs at most the budget plus one part.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import json
 import os
 import stat
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 
@@ -51,13 +56,18 @@ from .multipart import (
 from .responses import Response, text_response
 from .upload import Upload, lstat_in
 
-# Parts acted on per step. Each file part is an open, a link, an unlink and two closes: about
-# 30-60 us here on ext4 and tmpfs, so a step stays near a millisecond or two.
+# Parts started per step at most, whatever the budget says. Each file part is an open, a link,
+# an unlink and two closes: about 70 us on tmpfs, but 1.5-2 ms per create on a slow disk, so the
+# time budget (may_continue) is what usually ends a step there.
 PARTS_PER_STEP = 32
 OVERWRITE_FIELD = "overwrite"
 _YES = (b"1", b"on", b"true", b"yes")
 MAX_FIELD_BYTES = 16  # of a field we read (overwrite); longer is not a yes. Others are dropped.
 JSON_TYPE = b"application/json"
+
+def _always() -> bool:
+    return True
+
 
 # What the current part's content goes to.
 _SKIP, _FILE, _FIELD = range(3)
@@ -93,6 +103,7 @@ class FormUpload:
         "_part",
         "_target",
         "_upload",
+        "may_continue",
         "overwrite",
         "refused",
         "stored",
@@ -125,6 +136,9 @@ class FormUpload:
         self._target = ""
         self._upload: Upload | None = None
         self.overwrite = False
+        # Whether this turn's work budget allows starting another part (see the module
+        # docstring); the connection sets the reactor's. Without one (unit tests), always.
+        self.may_continue: Callable[[], bool] = _always
         self.stored: list[Stored] = []
         self.refused: list[Refused] = []
 
@@ -144,15 +158,16 @@ class FormUpload:
         self.work()
 
     def work(self, max_parts: int = PARTS_PER_STEP) -> None:
-        """Act on the backlog, stopping after ``max_parts`` part starts. Raises HttpError
-        (after aborting everything still open) when the body must be refused."""
+        """Act on the backlog: start at least one part, more while ``may_continue()`` says so,
+        at most ``max_parts``. Raises HttpError (after aborting everything still open) when
+        the body must be refused."""
         events = self._events
         parts = 0
         try:
             while events:
                 ev = events[0]
                 if isinstance(ev, PartStart):
-                    if parts == max_parts:
+                    if parts == max_parts or (parts and not self.may_continue()):
                         return
                     parts += 1
                     self._start(ev)

@@ -31,7 +31,10 @@ and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to
 :meth:`Connection.abort` (a socket error, or the server stopping).
 
 A parsed request is answered from the response cache (:mod:`fastpath`) when that can be done
-safely, else by the handler; either way the answer is a :class:`Response` plan.
+safely, else by the handler; either way the answer is a :class:`Response` plan. A request whose
+body the handler accepts (a PUT; a POST of a form to a folder) gets an upload instead, an
+:class:`~evloop_httpd.upload.Upload` or a :class:`~evloop_httpd.form_upload.FormUpload`, and
+the body is decoded into it as it arrives; its response is made once the body is complete.
 
 ``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
 been sent, it becomes an error response; otherwise the connection aborts. Any other exception is
@@ -43,10 +46,11 @@ One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a
 the next one is parsed at once, without going back to the selector, as long as the reactor's
 work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
 can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
-decodes more of a body of tiny chunks), it waits to write rather than to read, and the
-transport's next turn calls :meth:`resume`. The transport does not read while a response is
-being written or while parked, so ``inbuf`` never holds more than the head limit plus one
-``recv``: memory per connection is bounded whatever is sent or received.
+decodes more of a body of tiny chunks, nor acts on more parts of a form), it waits to write
+rather than to read, and the transport's next turn calls :meth:`resume`. The transport does
+not read while a response is being written or while parked, so ``inbuf`` never holds more
+than the head limit plus one ``recv``: memory per connection is bounded whatever is sent or
+received.
 
 Addresses: ``origin`` is where the connection comes from, the socket's peer or, behind a
 balancer speaking the PROXY protocol, the client its header names. ``peer`` is the client of
@@ -70,6 +74,7 @@ from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
+from .form_upload import FormUpload
 from .forwarded import Network, client_address
 from .handler import Handler
 from .parser import Request, parse_head
@@ -168,7 +173,7 @@ class Context:
         # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
         # response's average rate is judged on that, not on what the kernel took: see _progress.
         self.acks_known = False
-        self.uploads = 0  # PUTs holding a temp file and a folder descriptor (see Config)
+        self.uploads = 0  # PUTs and POSTs holding a temp file and a folder descriptor (Config)
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
@@ -251,7 +256,7 @@ class Connection:
         self.trailer = b""
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
-        self.upload: Upload | None = None
+        self.upload: Upload | FormUpload | None = None
         self.user: str | None = None  # the account the current request acts as
         self.auth_ticket = 0  # the password check this connection waits for (0: none)
         self.keep_alive = False
@@ -643,7 +648,7 @@ class Connection:
         inbuf = self.inbuf
         cache = ctx.cache
         key = cache.key(req)
-        plan: Response | Upload | None = (
+        plan: Response | Upload | FormUpload | None = (
             None
             if key is None
             else cache.lookup(key, req.method == b"HEAD", now, cache.if_none_match)
@@ -676,6 +681,8 @@ class Connection:
                 headers=((b"Retry-After", b"1"),),
             )
         ctx.uploads += 1  # until _drop_upload
+        if isinstance(plan, FormUpload):
+            plan.may_continue = ctx.may_start  # parts started per turn: see form_upload.py
         self.upload = plan
         self.body = ChunkedBody(ctx.config.limits) if req.chunked else FixedBody(req.content_length)
         if req.expect == b"100-continue" and req.has_body and not inbuf:
@@ -688,14 +695,23 @@ class Connection:
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
         assert body is not None and upload is not None and req is not None
+        form = upload if isinstance(upload, FormUpload) else None
+        done = False
         while True:
-            # Bounded reads: a recv of tiny chunks is thousands of lines to decode. Between
-            # reads, the work budget decides whether to go on now or park until the next turn.
-            data, done = body.read(self.inbuf, LINES_PER_STEP)
-            if data:
-                upload.write(data)
-                self._progress(len(data), now)
-            if done or not body.paused:
+            # Bounded reads: a recv of tiny chunks is thousands of lines to decode, and one of
+            # tiny form parts hundreds of files to create. Between steps, the work budget
+            # decides whether to go on now or park until the next turn. A form's backlog is
+            # worked off before more of the body is decoded, so it never outgrows one recv.
+            worked = form is not None and form.backlog
+            if worked:
+                form.work()  # type: ignore[union-attr]
+            else:
+                data, done = body.read(self.inbuf, LINES_PER_STEP)
+                if data:
+                    upload.write(data)
+                    self._progress(len(data), now)
+            backlog = form is not None and form.backlog
+            if not worked and not backlog and (done or not body.paused):
                 break
             if not self.ctx.may_start():
                 self.parked = True

@@ -447,7 +447,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
-    budget = raise_nofile_limit(config.max_connections, warn=args.max_connections is not None)
+    budget = raise_nofile_limit(
+        config.max_connections, warn=args.max_connections is not None, max_zips=config.max_zips
+    )
     config = dataclasses.replace(config, max_uploads=budget.max_uploads)
     if config.tls_cert is not None:
         # Checked here, before any listener or worker: a certificate that cannot be used is a

@@ -59,7 +59,6 @@ _SCRIPT = """
 "use strict";
 const POLL_MS = @POLL_MS@;
 const STATES = ["HANDSHAKING", "READING_HEADERS", "AUTHENTICATING", "WRITING_CONTINUE",
-const STATES = ["HANDSHAKING", "READING_HEADERS", "AUTHENTICATING", "WRITING_CONTINUE",
   "READING_BODY", "PREPARING", "WRITING_HEADERS", "STREAMING_FILE", "LINGERING"];
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n).toLocaleString("en");

@@ -250,6 +250,38 @@ def test_only_where_a_listing_would_show(
         assert status == 200 and headers["content-type"].startswith("text/html")
 
 
+def test_with_auth_scope_all_the_archive_needs_an_account(
+    tree: tuple[Path, dict[str, bytes], set[str]], tmp_path: Path
+) -> None:
+    import base64
+
+    from evloop_httpd import hasher
+
+    root, files, folders = tree
+    salt = b"0123456789abcdef"
+    key = hasher._scrypt(b"pw", salt, 4, 8, 1, 32)
+    accounts = tmp_path / "accounts"
+    accounts.write_text(
+        f"ann:$scrypt$ln=4,r=8,p=1${hasher._b64encode(salt)}${hasher._b64encode(key)}\n"
+    )
+    token = base64.b64encode(b"ann:pw").decode()
+    with running(root, listing=True, auth_file=accounts, auth_scope="all") as srv:
+        with connect(srv.port) as sock:
+            sock.sendall(b"GET /photos/?download=zip HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = read_head(sock)
+        assert status == 401 and headers["content-type"].startswith("text/plain")
+        assert srv.server.ctx.zips == 0
+        with connect(srv.port) as sock:
+            sock.sendall(
+                b"GET /photos/?download=zip HTTP/1.1\r\nHost: x\r\n"
+                b"Authorization: Basic " + token.encode() + b"\r\n\r\n"
+            )
+            status, _, rest = read_head(sock)
+            assert status == 200
+            body, _ = read_chunked(sock, rest)
+    check_archive(body, files, folders, tmp_path)
+
+
 def test_a_tree_too_deep_is_refused_before_any_byte(tmp_path: Path) -> None:
     root = tmp_path / "www"
     deep = root / "top" / "/".join(["d"] * 65)

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from . import __version__, activation
 from .auth import AccountFileError, is_loopback, load_accounts
-from .config import KIB, Config, Limits, Timeouts
+from .config import DEFAULT_MAX_ZIPS, KIB, Config, Limits, Timeouts
 from .connection import Address
 from .descriptors import raise_nofile_limit
 from .log import Logs
@@ -197,6 +197,12 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
         default=None,
         help=f"open connections before accept pauses (default {DEFAULT_MAX_CONNECTIONS})",
     )
+    g.add_argument(
+        "--max-zip-downloads",
+        type=positive_int,
+        default=DEFAULT_MAX_ZIPS,
+        help="folder ZIPs (?download=zip) made at once, else 503 (default %(default)s)",
+    )
     t = p.add_argument_group("timeouts (seconds)")
     t.add_argument(
         "--head-timeout",
@@ -361,6 +367,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         limits=limits,
         timeouts=timeouts,
         max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS,
+        max_zips=args.max_zip_downloads,
         use_sendfile=not args.no_sendfile,
         follow_symlinks=args.follow_symlinks,
         dotfiles=args.dotfiles,

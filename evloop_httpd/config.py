@@ -14,6 +14,7 @@ from pathlib import Path
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+DEFAULT_MAX_ZIPS = 4  # folder ZIP downloads at once (--max-zip-downloads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +63,7 @@ class Config:
     max_uploads: int | None = None
     # Folder ZIP downloads under way at once (beyond: 503). Each may hold a 16 MiB central
     # directory and two descriptors per folder level of two walks (descriptors.FDS_PER_ZIP).
-    max_zips: int = 4
+    max_zips: int = DEFAULT_MAX_ZIPS
     use_sendfile: bool = True
     follow_symlinks: bool = False  # follow symlinks that leave the root
     dotfiles: bool = False

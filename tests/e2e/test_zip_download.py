@@ -12,6 +12,7 @@ import io
 import os
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import zipfile
@@ -494,6 +495,38 @@ def test_beyond_the_cap_a_503_then_a_slot_again(tmp_path: Path) -> None:
             assert z.testzip() is None
 
 
+def test_four_downloads_at_once_read_in_turns(
+    tree: tuple[Path, dict[str, bytes], set[str]], tmp_path: Path
+) -> None:
+    """The default cap's worth of downloads, read a little from each in turn: each is whole,
+    and all four were under way together (no one waited for another to end)."""
+    root, files, folders = tree
+    big = os.urandom(24 * MIB)  # more than loopback's buffers hold: all four stay under way
+    (root / "photos" / "big.bin").write_bytes(big)
+    files = {**files, "photos/big.bin": big}
+    with running(root, listing=True) as srv:
+        socks = [connect(srv.port) for _ in range(4)]
+        for sock in socks:
+            sock.sendall(b"GET /photos/?download=zip HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(b"Connection: close\r\n\r\n")
+        rests = [read_head(sock) for sock in socks]
+        assert all(status == 200 for status, _, _ in rests)
+        assert wait_until(lambda: srv.server.ctx.zips == 4)
+        wires = [rest for _, _, rest in rests]
+        done = [False] * 4
+        while not all(done):
+            for i, sock in enumerate(socks):
+                if not done[i]:
+                    data = sock.recv(65536)
+                    wires[i] += data
+                    done[i] = not data  # Connection: close: the end of the stream
+        for sock in socks:
+            sock.close()
+    for wire in wires:
+        body, _ = read_chunked(socket.socket(), wire)  # all of it is in hand: no recv
+        check_archive(body, files, folders, tmp_path)
+
+
 def test_a_graceful_stop_lets_the_download_finish(tmp_path: Path) -> None:
     root = sparse_tree(tmp_path, 1, 64 * MIB)
     srv = RunningServer(make_config(root, listing=True))
@@ -511,21 +544,25 @@ def test_a_graceful_stop_lets_the_download_finish(tmp_path: Path) -> None:
         assert z.testzip() is None and z.infolist()[0].file_size == 64 * MIB
 
 
-def test_over_tls(tree: tuple[Path, dict[str, bytes], set[str]], tmp_path: Path) -> None:
+def tls_setup(tmp_path: Path) -> tuple[dict[str, object], ssl.SSLContext]:
+    """Server settings for HTTPS with a throwaway certificate, and a client context."""
     trustme = pytest.importorskip("trustme")
-    root, files, folders = tree
     ca = trustme.CA()
     leaf = ca.issue_cert("localhost", "127.0.0.1")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     leaf.cert_chain_pems[0].write_to_path(str(cert))
     leaf.private_key_pem.write_to_path(str(key))
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return {"tls_cert": cert, "tls_key": key}, ctx
+
+
+def test_over_tls(tree: tuple[Path, dict[str, bytes], set[str]], tmp_path: Path) -> None:
+    root, files, folders = tree
+    settings, ctx = tls_setup(tmp_path)
     big = os.urandom(3 * MIB)
     (root / "photos" / "big.bin").write_bytes(big)
-    with running(root, listing=True, tls_cert=cert, tls_key=key) as srv:
-        import ssl
-
-        ctx = ssl.create_default_context()
-        ca.configure_trust(ctx)
+    with running(root, listing=True, **settings) as srv:
         raw = socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE_S)
         with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
             sock.sendall(b"GET /photos/?download=zip HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -533,3 +570,26 @@ def test_over_tls(tree: tuple[Path, dict[str, bytes], set[str]], tmp_path: Path)
             assert status == 200
             body, _ = read_chunked(sock, rest, recv_size=1000)
     check_archive(body, {**files, "photos/big.bin": big}, folders, tmp_path)
+
+
+def test_over_tls_a_reader_that_stops_then_reads_on(tmp_path: Path) -> None:
+    """The piece OpenSSL could not take whole (SSLWantWriteError) is retried from where it
+    stopped, once the client reads again: the archive arrives whole."""
+    root = tmp_path / "www"
+    (root / "c").mkdir(parents=True)
+    content = os.urandom(24 * MIB)
+    (root / "c" / "f.bin").write_bytes(content)
+    settings, ctx = tls_setup(tmp_path)
+    with running(root, listing=True, **settings) as srv:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(DEADLINE_S)
+        raw.connect(("127.0.0.1", srv.port))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"GET /c/?download=zip HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, rest = read_head(sock)
+            assert status == 200
+            assert settled_sent(srv) < 16 * MIB
+            body, _ = read_chunked(sock, rest)
+    with zipfile.ZipFile(io.BytesIO(body)) as z:
+        assert z.testzip() is None and z.read("c/f.bin") == content

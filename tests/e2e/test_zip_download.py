@@ -593,3 +593,24 @@ def test_over_tls_a_reader_that_stops_then_reads_on(tmp_path: Path) -> None:
             body, _ = read_chunked(sock, rest)
     with zipfile.ZipFile(io.BytesIO(body)) as z:
         assert z.testzip() is None and z.read("c/f.bin") == content
+
+
+def test_if_none_match_on_a_zip_gets_the_archive_and_leaks_nothing(
+    zip_server: RunningServer, tree: tuple[Path, dict[str, bytes], set[str]], tmp_path: Path
+) -> None:
+    # History: the response cache's revalidation (a GET with If-None-Match and no entry) asked
+    # the handler for the ZIP's plan, did not keep it, and dropped it without closing its
+    # stream: four descriptors leaked per request, and the handler was asked twice.
+    _, files, folders = tree
+    base = fd_count()
+    for _ in range(3):
+        with connect(zip_server.port) as sock:
+            sock.sendall(
+                b'GET /photos/?download=zip HTTP/1.1\r\nHost: x\r\nIf-None-Match: "x"\r\n\r\n'
+            )
+            status, _, rest = read_head(sock)
+            assert status == 200
+            body, _ = read_chunked(sock, rest)
+        check_archive(body, files, folders, tmp_path)
+    assert wait_until(lambda: zip_server.server.count == 0)
+    assert fd_count() == base, (fd_count(), base)

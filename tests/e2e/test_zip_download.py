@@ -600,7 +600,7 @@ def test_if_none_match_on_a_zip_gets_the_archive_and_leaks_nothing(
 ) -> None:
     # History: the response cache's revalidation (a GET with If-None-Match and no entry) asked
     # the handler for the ZIP's plan, did not keep it, and dropped it without closing its
-    # stream: four descriptors leaked per request, and the handler was asked twice.
+    # stream: two descriptors leaked per request, and the handler was asked twice.
     _, files, folders = tree
     base = fd_count()
     for _ in range(3):

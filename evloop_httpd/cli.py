@@ -22,7 +22,8 @@ from .auth import AccountFileError, is_loopback, load_accounts
 from .config import KIB, Config, Limits, Timeouts
 from .connection import Address
 from .descriptors import raise_nofile_limit
-from .log import Logs
+from .faults import add_fault_options, faults_from
+from .log import TRACE_FORMS, Logs
 from .reactor import Server
 from .tls import TlsSetupError, make_context
 from .upload import remove_stale_temps
@@ -313,10 +314,41 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     o.add_argument("-q", "--quiet", action="store_true", help="no access log on stderr")
     o.add_argument(
         "--trace",
-        action="store_true",
-        help="print each connection's state transitions as they happen",
+        nargs="?",
+        const="text",
+        default=None,
+        choices=TRACE_FORMS,
+        help="print what the loop does: wake-ups, bytes moved, EAGAIN, timers, transitions;"
+        " text (the default) or json, one object per line (put it after the PORT, or write"
+        " --trace=json)",
     )
+    o.add_argument(
+        "--trace-file",
+        type=Path,
+        metavar="FILE",
+        help="append the trace to FILE instead of stderr (needs --trace)",
+    )
+    o.add_argument(
+        "--status",
+        type=status_address,
+        metavar="[ADDR:]PORT",
+        help="serve the status page (/), /status.json and /metrics on this address, from the"
+        " same loop (ADDR defaults to 127.0.0.1; with --auth-file, an account is needed)",
+    )
+    add_fault_options(p)
     return p
+
+
+def status_address(text: str) -> tuple[str, int]:
+    """``--status``: ``PORT``, ``HOST:PORT`` or ``[V6]:PORT``; loopback unless it says otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: {text!r}")
+    return host or "127.0.0.1", port_number(port_text)
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
@@ -342,6 +374,9 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
             parser.error(str(exc))
     if not args.auth_realm.isprintable():
         parser.error("--auth-realm must be printable")
+    if args.trace_file is not None and args.trace is None:
+        parser.error("--trace-file needs --trace")
+    faults = faults_from(args)
     if args.tls_cert is None and (args.tls_key or args.tls_password_file):
         parser.error("--tls-key and --tls-password-file need --tls-cert")
     timeouts = Timeouts(
@@ -368,7 +403,11 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         stats_csv=args.stats_csv,
         response_log=args.response_log,
         quiet=args.quiet,
-        trace=args.trace,
+        trace=args.trace is not None,
+        trace_form=args.trace or "text",
+        trace_file=args.trace_file,
+        status=args.status,
+        faults=faults if faults.active else None,
         listing=args.listing,
         allow_delete=args.allow_delete,
         precompressed=not args.no_precompressed,
@@ -484,6 +523,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         }
         option = logs_by_path.get(exc.filename, "log")
         parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
+    if args.workers > 1 and config.status is not None:
+        logs.close()
+        # Each worker has its own connections and counters; one page covering them all needs
+        # the supervisor to gather them (docs/observability.md says how, and that it is to do).
+        parser.error("--status is not available with --workers yet: run one process")
     if args.workers > 1:
         from . import supervisor
 
@@ -510,6 +554,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         server = Server(config, logs)
         address = server.adopt(passed) if passed else server.bind()
+        if config.status is not None:
+            status_at = server.bind_status()
     except TlsSetupError as exc:  # the files changed since the check above
         print(f"{parser.prog}: TLS: {exc}", file=sys.stderr)
         return 2
@@ -523,6 +569,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     print(f"Serving {config.root} on {url_for(address, scheme)}", flush=True)
     for line in banner:
         print(line, flush=True)
+    if config.status is not None:
+        print(f"Status page on {url_for(status_at)}", flush=True)
+    if config.faults is not None:
+        print(f"warning: {config.faults.describe()} (a teaching aid: slower)", file=sys.stderr)
 
     signals = 0
 

@@ -52,13 +52,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .auth import PENDING, Gate
 from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
+from .faults import Faults
 from .handler import Handler
 from .parser import Request, parse_head
 from .responses import (
@@ -71,6 +72,9 @@ from .responses import (
 )
 from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
+
+if TYPE_CHECKING:
+    from .log import Tracer
 
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
@@ -133,6 +137,7 @@ class Context:
         "cache",
         "config",
         "date",
+        "faults",
         "gate",
         "handler",
         "may_start",
@@ -140,6 +145,7 @@ class Context:
         "scheme",
         "stopping",
         "trace",
+        "tracer",
         "uploads",
     )
 
@@ -154,7 +160,12 @@ class Context:
         self.observer = observer
         self.date = DateCache()
         self.stopping = False
+        # Whether transitions are reported to the observer (--trace, or --status watching).
         self.trace = config.trace
+        # Set by the reactor when --trace / teaching faults are on (see watch.py); the
+        # watched transports read them, the plain ones never do.
+        self.tracer: Tracer | None = None
+        self.faults: Faults | None = None
         self.scheme = scheme  # every connection of a server has the same: one port, one scheme
         gate = Gate(config)
         self.gate = gate if gate.active else None

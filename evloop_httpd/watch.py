@@ -314,7 +314,8 @@ def _state(conn: Connection) -> ConnState:
 
 def _rank(conn: Connection) -> tuple[bool, float]:
     # Busy before idle, then the oldest first (status.snapshot_of).
-    return (conn.state is S.READING_HEADERS, cast(WatchedConnection, conn).opened_at)
+    idle = conn.state is S.READING_HEADERS and conn.request is None  # as status.ConnRow.idle
+    return (idle, cast(WatchedConnection, conn).opened_at)
 
 
 def _describer(now: float) -> Callable[[Connection], status.ConnRow]:

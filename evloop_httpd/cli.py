@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -523,11 +525,6 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         }
         option = logs_by_path.get(exc.filename, "log")
         parser.error(f"cannot open the {option} file {exc.filename!r}: {exc.strerror}")
-    if args.workers > 1 and config.status is not None:
-        logs.close()
-        # Each worker has its own connections and counters; one page covering them all needs
-        # the supervisor to gather them (docs/observability.md says how, and that it is to do).
-        parser.error("--status is not available with --workers yet: run one process")
     if args.workers > 1:
         from . import supervisor
 
@@ -541,6 +538,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             )
             return 1
         address = listeners[0][0].getsockname()
+        status_sock = None
+        if config.status is not None:
+            from .watch import open_status_listener
+
+            try:
+                status_sock = open_status_listener(*config.status)
+            except OSError as exc:
+                host, port = config.status
+                print(f"{parser.prog}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+                return 1
+            # Where each worker leaves its snapshot for the others (watch.StatusShare).
+            config = dataclasses.replace(
+                config, status_dir=Path(tempfile.mkdtemp(prefix="evloop-status-"))
+            )
         banner, warnings = safety_notes(config)
         for line in warnings:
             print(line, file=sys.stderr)
@@ -550,7 +561,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         )
         for line in banner:
             print(line, flush=True)
-        return supervisor.run(config, listeners)
+        if status_sock is not None:
+            print(f"Status page on {url_for(status_sock.getsockname())}", flush=True)
+        try:
+            return supervisor.run(config, listeners, status_sock)
+        finally:
+            if config.status_dir is not None:
+                shutil.rmtree(config.status_dir, ignore_errors=True)
     try:
         server = Server(config, logs)
         address = server.adopt(passed) if passed else server.bind()

@@ -67,6 +67,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .connection import Address, Connection, Context
@@ -76,6 +77,9 @@ from .states import READ, ConnState
 from .status import StatsCollector
 from .timers import Timers
 from .transport import CLOSE, Transport, unacknowledged
+
+if TYPE_CHECKING:
+    from .watch import StatusShare
 
 assert selectors.EVENT_READ == READ
 
@@ -154,6 +158,7 @@ class Server:
         self.stats: StatsCollector | None = None
         self.faults: Faults | None = None  # only when the loop delay is on
         self.status_address: Address | None = None
+        self.status_share: StatusShare | None = None  # --workers: snapshots for the others
         if config.trace or config.status is not None or config.faults is not None:
             from .watch import watch_server
 
@@ -193,13 +198,16 @@ class Server:
         self._resume_accepting()
         return self.address
 
-    def bind_status(self) -> Address:
-        """Listen on the ``--status`` address too: its connections are answered by the status
-        handler (watch.py), from this same loop. Call after :meth:`bind` or :meth:`adopt`."""
+    def bind_status(self, sock: socket.socket | None = None) -> Address:
+        """Listen on the ``--status`` address too (or on ``sock``, the supervisor's, shared by
+        the workers): its connections are answered by the status handler (watch.py), from
+        this same loop. Call after :meth:`bind` or :meth:`adopt`."""
         from .watch import open_status_listener, status_context
 
         assert self.config.status is not None
-        sock = open_status_listener(*self.config.status)
+        if sock is None:
+            sock = open_status_listener(*self.config.status)
+        sock.setblocking(False)
         listening = _Listening(sock, status_context(self))
         self.listeners.append(listening)
         self._ask_local = True  # two listeners: ask each socket its address
@@ -301,6 +309,9 @@ class Server:
                     maybe_delay(self.faults)  # inside the iteration: the histogram shows it
                 if self.stats is not None:
                     self.stats.iteration(time.monotonic() - now, len(events), now)
+                    share = self.status_share
+                    if share is not None and now >= share.next_at:
+                        share.publish(self, now)
                 self.logs.flush()
                 if on_iteration is not None:
                     on_iteration()
@@ -318,6 +329,8 @@ class Server:
             candidates.append(self._accept_resume_at)
         if self._shutdown_deadline is not None:
             candidates.append(self._shutdown_deadline)
+        if self.status_share is not None:
+            candidates.append(self.status_share.next_at)
         if not candidates:
             return None
         return max(0.0, min(candidates) - now)

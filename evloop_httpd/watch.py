@@ -32,10 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import json
+import os
 import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
+from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from . import metrics, status, status_page
@@ -291,9 +295,11 @@ class StatusHandler:
         if path == b"/":
             body, headers = status_page.PAGE, status_page.HEADERS
         elif path == b"/status.json":
-            body, headers = status.render_json(snapshot(self.server)), status_page.JSON_HEADERS
+            snaps = every_worker(self.server)
+            merged = snaps[0] if len(snaps) == 1 else status.merge_snapshots(snaps)
+            body, headers = status.render_json(merged), status_page.JSON_HEADERS
         elif path == b"/metrics":
-            body = metrics.render_metrics([snapshot(self.server)])
+            body = metrics.render_metrics(every_worker(self.server))
             headers = (
                 ("Content-Type", metrics.CONTENT_TYPE),
                 ("Cache-Control", "no-store"),
@@ -359,6 +365,102 @@ def snapshot(server: Server) -> status.Snapshot:
     )
 
 
+def every_worker(server: Server) -> list[status.Snapshot]:
+    """This worker's snapshot, now, and with --workers the others' latest (see StatusShare),
+    in the order of their numbers."""
+    own = snapshot(server)
+    share = server.status_share
+    if share is None:
+        return [own]
+    snaps = [own, *share.others(own.wall_time)]
+    return sorted(snaps, key=lambda s: int(s.worker) if s.worker.isdigit() else 0)
+
+
+PUBLISH_S = 1.0  # how often a worker leaves its snapshot for the others
+STALE_S = 5.0  # a snapshot older than this is of a worker that is gone (or stuck): left out
+
+
+class StatusShare:
+    """With --workers, every worker's snapshot for whichever worker answers the status page.
+
+    The status listener is one socket made by the supervising parent and shared by all
+    workers, so any worker may take a status connection; it answers with its own snapshot,
+    taken now, and the others' latest, which each worker writes into a private folder every
+    ``PUBLISH_S`` (atomically: a temp file renamed over the last). So the page covers every
+    worker, the other workers' figures at most about a second old, and no worker ever waits
+    for another: a worker stuck in a slow step simply shows its last snapshot, until it is
+    ``STALE_S`` old and left out. The cost is one snapshot (about 3 ms at 10,000
+    connections, see tests/benchmarks/status_bench.py) and one small file write per worker
+    per second, and reading the other workers' files (a few KB to ~50 KB each) per status
+    request: bounded, on the page cache, and done only when --status is on.
+    """
+
+    __slots__ = ("folder", "next_at", "worker")
+
+    def __init__(self, folder: Path, worker: int) -> None:
+        self.folder = folder
+        self.worker = worker
+        self.next_at = 0.0  # publish at the first pass
+
+    def publish(self, server: Server, now: float) -> None:
+        self.next_at = now + PUBLISH_S
+        tmp = self.folder / f".worker-{self.worker}.tmp"
+        try:
+            tmp.write_bytes(dump_snapshot(snapshot(server)))
+            os.replace(tmp, self.folder / f"worker-{self.worker}.json")
+        except OSError as exc:  # the folder went away: the page covers this worker alone
+            server.logs.debug(f"status snapshot not shared: {exc}")
+
+    def others(self, wall_now: float) -> list[status.Snapshot]:
+        out: list[status.Snapshot] = []
+        mine = f"worker-{self.worker}.json"
+        try:
+            names = sorted(os.listdir(self.folder))
+        except OSError:
+            return out
+        for name in names:
+            if name == mine or not name.startswith("worker-") or not name.endswith(".json"):
+                continue
+            try:
+                snap = load_snapshot((self.folder / name).read_bytes())
+            except (OSError, ValueError, TypeError, KeyError):
+                continue  # half-gone or from another version: leave it out
+            if wall_now - snap.wall_time <= STALE_S:
+                out.append(snap)
+        return out
+
+
+def dump_snapshot(snap: status.Snapshot) -> bytes:
+    """A snapshot as JSON for another worker of this server (the request line kept raw, as
+    latin-1: the reader escapes it as the snapshot's own would be)."""
+    data = {f.name: getattr(snap, f.name) for f in dataclasses.fields(snap)}
+    data["rows"] = [
+        {
+            **{f.name: getattr(row, f.name) for f in dataclasses.fields(row)},
+            "request_line": None
+            if row.request_line is None
+            else row.request_line.decode("latin-1"),
+        }
+        for row in snap.rows
+    ]
+    return json.dumps(data).encode()
+
+
+def load_snapshot(raw: bytes) -> status.Snapshot:
+    """The inverse of :func:`dump_snapshot`; ValueError, TypeError or KeyError if malformed."""
+    data = json.loads(raw)
+    rows = []
+    for r in data["rows"]:
+        line, progress = r["request_line"], r["progress"]
+        r["request_line"] = None if line is None else line.encode("latin-1")
+        r["progress"] = None if progress is None else (int(progress[0]), int(progress[1]))
+        rows.append(status.ConnRow(**r))
+    data["rows"] = tuple(rows)
+    for key in ("iteration_counts", "requests_per_second", "iteration_max_s"):
+        data[key] = tuple(data[key])
+    return status.Snapshot(**data)
+
+
 def watch_server(server: Server, worker: int | None = None) -> None:
     """Make ``server`` watched: its classes, observer, tracer, statistics, status context.
     Called once, from ``Server.__init__``, when --trace, --status or a fault is on."""
@@ -381,6 +483,8 @@ def watch_server(server: Server, worker: int | None = None) -> None:
     if config.status is not None:
         worker_name = "0" if worker is None else str(worker)
         server.stats = status.StatsCollector(time.monotonic(), worker_name)
+        if config.status_dir is not None and worker is not None:
+            server.status_share = StatusShare(config.status_dir, worker)
     if watching:
         ctx.observer = Watcher(server.logs, tracer, server.stats)
 

@@ -210,7 +210,6 @@ class Server:
         sock.setblocking(False)
         listening = _Listening(sock, status_context(self))
         self.listeners.append(listening)
-        self._ask_local = True  # two listeners: ask each socket its address
         if self._accepting:
             self.sel.register(sock, selectors.EVENT_READ, listening)
         self.status_address = sock.getsockname()
@@ -397,7 +396,9 @@ class Server:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            local = sock.getsockname() if self._ask_local else self.address
+            # The status listener's few connections ask; the others share the listener's.
+            ask = self._ask_local or ctx is not None
+            local = sock.getsockname() if ask else self.address
         except OSError:
             sock.close()
             return None

@@ -385,7 +385,8 @@ class Server:
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            t = self._add(sock, addr, now, listening.ctx)
+            ctx = listening.ctx  # the status listener's; None: the server's (3 arguments)
+            t = self._add(sock, addr, now) if ctx is None else self._add(sock, addr, now, ctx)
             if t is not None:
                 fresh.append(t)
         return fresh

@@ -184,3 +184,29 @@ def test_an_account_is_needed_when_accounts_are_configured(site: Path, tmp_path:
         assert wrong.status == 401
         ok = request(srv.status_port, get("/status.json", "Authorization: Basic YW5uOnB3\r\n"))
         assert ok.status == 200 and json.loads(ok.body)["connections"]["open"] >= 1
+
+
+def test_nothing_watches_an_unwatched_server(site: Path) -> None:
+    # The promise of watch.py: off, the loop runs the plain classes and the logs directly,
+    # so nothing of the status, trace or faults is on the hot path.
+    from evloop_httpd.connection import Connection
+    from evloop_httpd.faults import Faults
+    from evloop_httpd.transport import Transport
+    from evloop_httpd.watch import WatchedConnection, WatchedTransport, Watcher
+
+    with running(site) as plain, Client(plain.port) as c:
+        c.send(get("/small.txt"))
+        c.read_response()
+        (t,) = plain.server.transports()
+        assert type(t) is Transport and type(t.conn) is Connection
+        server = plain.server
+        assert server.ctx.observer is server.logs and not server.ctx.trace
+        assert server.tracer is server.stats is server.faults is server.status_share is None
+    with running(site, status=("127.0.0.1", 0), faults=Faults(recv_cap=100)) as watched:
+        with Client(watched.port) as c:
+            c.send(get("/small.txt"))
+            c.read_response()
+            (t,) = watched.server.transports()
+            assert type(t) is WatchedTransport and type(t.conn) is WatchedConnection
+        assert isinstance(watched.server.ctx.observer, Watcher)
+        assert watched.server.faults is None  # only the loop delay is the loop's to apply

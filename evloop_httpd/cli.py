@@ -117,6 +117,10 @@ def extra_header(text: str) -> tuple[bytes, bytes]:
 
 
 DEFAULT_PORT = 8000
+_OPEN_STATUS = (
+    "warning: the status page is beyond loopback without --auth-file: anyone who can reach it"
+    " sees every client's address and request"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -562,7 +566,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         for line in banner:
             print(line, flush=True)
         if status_sock is not None:
-            print(f"Status page on {url_for(status_sock.getsockname())}", flush=True)
+            print(f"Status page on {url_for(status_sock.getsockname(), scheme)}", flush=True)
+            if config.auth_file is None and not is_loopback(config.status[0]):  # type: ignore[index]
+                print(_OPEN_STATUS, file=sys.stderr)
         try:
             return supervisor.run(config, listeners, status_sock)
         finally:
@@ -587,7 +593,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     for line in banner:
         print(line, flush=True)
     if config.status is not None:
-        print(f"Status page on {url_for(status_at)}", flush=True)
+        print(f"Status page on {url_for(status_at, scheme)}", flush=True)
+        if config.auth_file is None and not is_loopback(config.status[0]):
+            print(_OPEN_STATUS, file=sys.stderr)
     if config.faults is not None:
         print(f"warning: {config.faults.describe()} (a teaching aid: slower)", file=sys.stderr)
 

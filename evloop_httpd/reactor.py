@@ -411,19 +411,18 @@ class Server:
         if host is not None:
             addr = (host, *addr[1:])
         tls = self.tls
-        if ctx is not None:  # the status listener: plain HTTP, its own handler
-            conn = self.conn_class(ctx, now, addr, local, next(self._ids))
-            t: Transport = self.plain_class(sock, conn, self.config.use_sendfile)
+        # The status listener's connections have a context of their own (its handler), and
+        # speak TLS when the server does: its accounts' passwords must not cross in clear.
+        conn = self.conn_class(
+            ctx or self.ctx, now, addr, local, next(self._ids), handshake=tls is not None
+        )
+        t: Transport
+        if tls is None:
+            t = self.plain_class(sock, conn, self.config.use_sendfile)
         else:
-            conn = self.conn_class(
-                self.ctx, now, addr, local, next(self._ids), handshake=tls is not None
-            )
-            if tls is None:
-                t = self.plain_class(sock, conn, self.config.use_sendfile)
-            else:
-                from .tls import TlsTransport
+            from .tls import TlsTransport
 
-                t = (self.tls_class or TlsTransport)(sock, conn, tls)  # type: ignore[arg-type]
+            t = (self.tls_class or TlsTransport)(sock, conn, tls)  # type: ignore[arg-type]
         self.sel.register(sock.fileno(), READ, t)
         self.count += 1
         self.timers.arm(t, conn.deadline, self.count)

@@ -210,3 +210,30 @@ def test_nothing_watches_an_unwatched_server(site: Path) -> None:
             assert type(t) is WatchedTransport and type(t.conn) is WatchedConnection
         assert isinstance(watched.server.ctx.observer, Watcher)
         assert watched.server.faults is None  # only the loop delay is the loop's to apply
+
+
+def test_over_tls_the_status_listener_speaks_tls_too(site: Path, tmp_path: Path) -> None:
+    # History: the status listener spoke plain HTTP next to an HTTPS port, so with accounts
+    # its Basic credentials would have crossed the network in clear.
+    import socket
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", "127.0.0.1")
+    pem = tmp_path / "server.pem"
+    leaf.private_key_and_cert_chain_pem.write_to_path(str(pem))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with running(site, status=("127.0.0.1", 0), tls_cert=pem) as srv:
+        raw = socket.create_connection(("127.0.0.1", srv.status_port), timeout=10)
+        c = Client.__new__(Client)
+        c.sock = context.wrap_socket(raw, server_hostname="localhost")
+        c.buf, c.recv_size = b"", 4096
+        with c:
+            c.send(get("/status.json"))
+            reply = c.read_response()
+        assert reply.status == 200 and json.loads(reply.body)["connections"]["open"] == 1
+        plain = request(srv.status_port, get("/status.json"))
+        assert plain.status == 400 and b"HTTPS only" in plain.body

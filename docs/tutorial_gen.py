@@ -50,6 +50,9 @@ def normalise(line: str) -> str:
     return re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", line)
 
 
+_started: list[subprocess.Popen[str]] = []  # killed at the end if a scenario failed midway
+
+
 class Traced:
     """One server process with --trace, its stderr collected line by line."""
 
@@ -63,6 +66,7 @@ class Traced:
             stderr=subprocess.PIPE,
             text=True,
         )
+        _started.append(self.proc)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         assert line.startswith("Serving "), line
@@ -296,7 +300,14 @@ def generate() -> dict[str, str]:
     blocks = {}
     for name, scenario in SCENARIOS.items():
         with tempfile.TemporaryDirectory(prefix="evloop-tutorial-") as tmp:
-            lines = scenario(site(Path(tmp)))
+            try:
+                lines = scenario(site(Path(tmp)))
+            finally:
+                for proc in _started:  # a scenario that failed left its server running
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                _started.clear()
         lang = "json" if name == "status" else "text"
         blocks[name] = f"```{lang}\n" + "\n".join(lines) + "\n```\n"
     return blocks

@@ -7,6 +7,8 @@ So the counts of all workers add up whichever worker answers."""
 from __future__ import annotations
 
 import json
+import signal
+import tempfile
 from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
@@ -71,3 +73,8 @@ def test_the_status_covers_every_worker(tmp_path: Path) -> None:
         assert all(n > 0 for n in per_worker.values()), per_worker
         uptime = families["evloop_httpd_uptime_seconds"].samples
         assert len(uptime) == 2  # one sample per worker, one family: Prometheus accepts it
+        # The folder where the workers share their snapshots goes with the server.
+        folders = set(Path(tempfile.gettempdir()).glob("evloop-status-*"))
+        srv.signal(signal.SIGTERM)
+        assert srv.wait() == 0
+        assert folders and not any(f.exists() for f in folders)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import tempfile
 from pathlib import Path
 
 from prometheus_client.metrics_core import Metric
@@ -29,9 +28,10 @@ def test_the_status_covers_every_worker(tmp_path: Path) -> None:
     root = tmp_path / "site"
     root.mkdir()
     (root / "a.txt").write_bytes(b"a\n")
-    with worker_server(
-        tmp_path, "-p", "0", "-d", str(root), "-q", "--workers", "2", "--status", "0"
-    ) as srv:
+    private_tmp = tmp_path / "tmp"  # where the supervisor makes its snapshot folder
+    private_tmp.mkdir()
+    args = ("-p", "0", "-d", str(root), "-q", "--workers", "2", "--status", "0")
+    with worker_server(tmp_path, *args, env={"TMPDIR": str(private_tmp)}) as srv:
         port = srv.wait_serving()
         sport = status_port(srv.out())
         served = 0
@@ -74,7 +74,8 @@ def test_the_status_covers_every_worker(tmp_path: Path) -> None:
         uptime = families["evloop_httpd_uptime_seconds"].samples
         assert len(uptime) == 2  # one sample per worker, one family: Prometheus accepts it
         # The folder where the workers share their snapshots goes with the server.
-        folders = set(Path(tempfile.gettempdir()).glob("evloop-status-*"))
+        (folder,) = private_tmp.glob("evloop-status-*")
+        assert {p.name for p in folder.iterdir()} == {"worker-1.json", "worker-2.json"}
         srv.signal(signal.SIGTERM)
         assert srv.wait() == 0
-        assert folders and not any(f.exists() for f in folders)
+        assert not folder.exists()

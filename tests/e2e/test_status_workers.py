@@ -75,7 +75,7 @@ def test_the_status_covers_every_worker(tmp_path: Path) -> None:
         assert len(uptime) == 2  # one sample per worker, one family: Prometheus accepts it
         # The folder where the workers share their snapshots goes with the server.
         (folder,) = private_tmp.glob("evloop-status-*")
-        assert {p.name for p in folder.iterdir()} == {"worker-1.json", "worker-2.json"}
+        assert {"worker-1.json", "worker-2.json"} <= {p.name for p in folder.iterdir()}
         srv.signal(signal.SIGTERM)
         assert srv.wait() == 0
         assert not folder.exists()

@@ -284,7 +284,10 @@ class Connection:
         once without waiting for input; the transport may then hold this one back and send
         the batch in one call. Only for a whole, untouched in-memory response on a kept-alive
         connection (see :func:`more_follows`)."""
-        return self.out_pos == 0 and self.keep_alive and more_follows(self)
+        if self.out_pos or not self.keep_alive or self.file_remaining:
+            return False
+        inbuf = self.inbuf  # as more_follows(self), inline: this is asked once per response
+        return inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
 
     # What the transport tells.
 
@@ -498,7 +501,7 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
-        if req.raw_target[:1] != b"/" and _scheme_mismatch(req.raw_target, ctx.scheme):
+        if req.raw_target[0] != 47 and _scheme_mismatch(req.raw_target, ctx.scheme):  # not "/"
             raise HttpError(
                 HTTPStatus.MISDIRECTED_REQUEST,
                 f"this connection is {ctx.scheme.decode()}; the target names another scheme",

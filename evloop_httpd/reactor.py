@@ -256,7 +256,7 @@ class Server:
                         self._drain_waker()
                     elif data is _GATE:
                         self._take_verdicts(now)
-                    elif data.is_open:
+                    elif data.sock is not None:  # not closed earlier in this pass
                         self._step(data, now, mask)
                 self._run_timers(now)
                 if self._reload_requested:  # after the select the signal's byte woke
@@ -394,7 +394,7 @@ class Server:
     def _step(self, t: Transport, now: float, mask: int = 0, *, due: bool = False) -> None:
         """Ready (or due), pump, settle. The turn's work budget starts now: the request read
         in this turn counts too."""
-        self.start_turn()
+        self._work_until = time.perf_counter() + WORK_BUDGET_S  # as start_turn(), inline
         try:
             if due:
                 t.due(now)
@@ -416,11 +416,13 @@ class Server:
         if want != t.events:
             self.sel.modify(t.fileno(), want, t)
             t.events = want
-        if want & READ and t.buffered():
+        if t.may_buffer and want & READ and t.buffered():
             self._ready.append(t)
-        if t.conn.state is S.AUTHENTICATING:
-            self._authenticating[t.conn.ident] = t  # the verdict comes on the gate's socket
-        self.timers.arm(t, t.conn.deadline, self.count)
+        conn = t.conn
+        if conn.state is S.AUTHENTICATING:
+            self._authenticating[conn.ident] = t  # the verdict comes on the gate's socket
+        if conn.deadline < t.timer_at:  # else nothing to do: see timers.py
+            self.timers.arm(t, conn.deadline, self.count)
 
     def start_turn(self) -> None:
         """A connection's turn begins: its work budget runs from now (see the docstring)."""

@@ -183,7 +183,8 @@ class Connection:
         "out",
         "out_pos",
         "parked",
-        "peer",
+        "peer_host",
+        "peer_port",
         "phase_bytes",
         "phase_acked",
         "phase_start",
@@ -240,7 +241,11 @@ class Connection:
         self.phase_bytes = 0
         self.phase_acked = 0  # bytes the client acknowledged in this phase (see check_delivery)
         self.deadline = now + ctx.config.timeouts.head_s
-        self.peer = peer
+        # Kept as two fields, not the accept() tuple: the host string is shared between
+        # connections from one address (see reactor), and the tuple alone would cost 64 bytes
+        # of each idle connection's 1 KiB. ``peer`` rebuilds it for the logs.
+        self.peer_host: str = peer[0]
+        self.peer_port: int = peer[1]
         self.local = local
         self.ident = ident
         self.cut_short = False  # closed mid-response: the transport closes with RST, not FIN
@@ -249,6 +254,11 @@ class Connection:
         if handshake:
             self.state = S.HANDSHAKING
             self.deadline = now + ctx.config.timeouts.handshake_s
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The client's (host, port)."""
+        return self.peer_host, self.peer_port
 
     @property
     def interest(self) -> int:

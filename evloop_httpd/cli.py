@@ -469,6 +469,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if passed:
         where = ", ".join(activation.describe(s) for s in passed)
         print(f"socket activation: serving {where}; -p/--port and -b/--bind are ignored")
+        # -b was ignored, so it cannot say whether we face the network: the sockets do. Without
+        # this, a socket systemd bound to 0.0.0.0 took anonymous writes, as if on loopback.
+        public = not all(is_loopback(str(s.getsockname()[0])) for s in passed)
+        config = dataclasses.replace(config, public=public)
     try:
         # Opened here, before any worker, so that a log file we cannot open is named as such
         # (each worker opens its own later; the supervisor's parent serves no traffic).
@@ -493,10 +497,15 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             )
             return 1
         address = listeners[0][0].getsockname()
+        banner, warnings = safety_notes(config)
+        for line in warnings:
+            print(line, file=sys.stderr)
         print(
             f"Serving {config.root} on {url_for(address, scheme)} with {args.workers} workers",
             flush=True,
         )
+        for line in banner:
+            print(line, flush=True)
         return supervisor.run(config, listeners)
     try:
         server = Server(config, logs)

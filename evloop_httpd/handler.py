@@ -47,6 +47,7 @@ from .files import (
     strong_etag,
     under_root,
 )
+from .listing_assets import HEADERS as LISTING_HEADERS
 from .negotiate import SIDECARS, choose_coding, wants_json
 from .parser import Request
 from .ranges import content_range, multipart_spans, plan_ranges, unsatisfied_range
@@ -68,7 +69,7 @@ def _precondition_failed() -> HttpError:
 class Handler:
     """Turns requests into response plans for one root directory."""
 
-    __slots__ = ("allow", "config", "listings", "root_real")
+    __slots__ = ("allow", "can_write", "config", "listings", "root_real")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,6 +81,15 @@ class Handler:
             if config.allow_delete:
                 methods.append(_DELETE)
         self.allow = b", ".join(methods)
+        # Whether a listing offers the upload form. The handler does not know who asks: with
+        # --auth-scope write (the default) a GET is admitted without looking at credentials,
+        # and a cached page is shared by everyone. So the form shows whenever some requester
+        # may write (not --read-only, and not the public-without-accounts case that auth.Gate
+        # refuses with 403); with accounts, submitting it without credentials gets the 401
+        # challenge and the browser asks for them.
+        self.can_write = not config.read_only and not (
+            config.public and config.auth_file is None and not config.allow_anonymous_writes
+        )
 
     def begin(self, req: Request, wall: float) -> Response | Upload:
         """Start answering ``req``: a complete plan, or an upload awaiting its body.
@@ -256,11 +266,12 @@ class Handler:
     ) -> Response:
         url_path = "/" + "".join(s + "/" for s in segments)
         is_json = wants_json(req.get(b"accept"))
-        key = listing.page_key(folder.st, is_json, url_path)
+        view = listing.parse_view(req.query)
+        key = listing.page_key(folder.st, is_json, url_path, view, self.can_write)
         now = time.monotonic()
         page = self.listings.get(key, now)
         if page is None:
-            page = self._build_listing(folder, url_path, is_json, now)
+            page = self._build_listing(folder, url_path, is_json, view, now)
             self.listings.put(key, page)
         vary = (b"Vary", b"Accept")
         outcome = evaluate(req.method, req.get, page.etag, None)
@@ -273,11 +284,12 @@ class Handler:
             (b"Content-Length", b"%d" % len(page.body)),
             (b"ETag", page.etag),
             vary,
+            *LISTING_HEADERS,
         ]
         return Response(HTTPStatus.OK, headers, b"" if head_only else page.body)
 
     def _build_listing(
-        self, folder: Found, url_path: str, is_json: bool, now: float
+        self, folder: Found, url_path: str, is_json: bool, view: listing.View, now: float
     ) -> listing.Page:
         cfg = self.config
         key = listing.folder_key(folder.st)
@@ -300,9 +312,13 @@ class Handler:
             self.listings.put_scan(key, scanned)
         entries, truncated = scanned.entries, scanned.truncated
         if is_json:
-            ctype, body = listing.JSON_TYPE, listing.render_json(url_path, entries, truncated)
+            ctype = listing.JSON_TYPE
+            body = listing.render_json(url_path, entries, truncated, view=view)
         else:
-            ctype, body = listing.HTML_TYPE, listing.render_html(url_path, entries, truncated)
+            ctype = listing.HTML_TYPE
+            body = listing.render_html(
+                url_path, entries, truncated, view=view, can_write=self.can_write
+            )
         # A listing has no file to take validators from; a hash of its bytes is a strong ETag
         # (the two formats differ, so they never share one) and lets browsers revalidate. It
         # is computed once per build: a cached page carries it.

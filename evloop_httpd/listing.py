@@ -13,12 +13,17 @@ that bound is on the work (one ``stat`` per entry, then the render), not just on
 
 :func:`render_html` and :func:`render_json` are pure: names are HTML-escaped for display and
 percent-encoded for links (relative links, which is right because a listing URL always ends in
-``/``). Entries are sorted folders first, then by name, so the output is deterministic.
+``/``). Entries are sorted folders first, then by the :class:`View` the query asks for
+(:func:`parse_view`: name, size or date, either way; ties by name), so the output is
+deterministic. The HTML page's CSS and script are constants from :mod:`listing_assets`, which
+also holds the Content-Security-Policy naming them by hash; no name is ever written into them.
 
 :class:`ListingCache` keeps rendered pages, keyed on the folder's identity (device, inode,
-mtime and ctime in ns: adding, removing or renaming an entry changes the mtime), the format and
-the URL path, for at most ``MAX_AGE_S``, since a file's own size or date changing in place does
-not touch its folder. Repeats, HEADs and 304s within that time cost one ``fstat`` of the folder.
+mtime and ctime in ns: adding, removing or renaming an entry changes the mtime), the format,
+the URL path, the view (never the raw query, which a client can vary at will) and whether the
+page has the upload form, for at most ``MAX_AGE_S``, since a file's own size or date changing
+in place does not touch its folder. Repeats, HEADs and 304s within that time cost one ``fstat``
+of the folder.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from urllib.parse import quote
 
 from .errors import HttpError
 from .files import http_mtime, locate, servable_name
+from .listing_assets import SCRIPT, STYLE
 
 # One build costs about 5 us per entry read here (a stat, then the render): this keeps a build
 # near 6 ms (tests/benchmarks/fs_bench.py), so a client asking for huge folders cannot stall
@@ -96,6 +102,86 @@ def scan(
     return entries, truncated
 
 
+SORT_KEYS = ("name", "size", "date")
+ORDERS = ("asc", "desc")
+ZIP_QUERY = "?download=zip"
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """What the query asks of a listing: the sort key and order, and whether it asks for the
+    folder as a ZIP instead (``download=zip``, served by :mod:`zipstream`)."""
+
+    sort: str = "name"
+    order: str = "asc"
+    download_zip: bool = False
+
+
+def parse_view(query: bytes | None) -> View:
+    """The :class:`View` a listing's query names. Unknown parameters and values are ignored
+    (the defaults stand), so a cache-busting ``?v=2`` still gets the listing; the first of a
+    repeated parameter wins. The query is at most a request line long, so this is bounded."""
+    if not query:
+        return View()
+    sort = order = download = None
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if name == b"sort" and sort is None:
+            sort = value.decode("ascii", "replace")
+        elif name == b"order" and order is None:
+            order = value.decode("ascii", "replace")
+        elif name == b"download" and download is None:
+            download = value
+    return View(
+        sort if sort in SORT_KEYS else "name",
+        order if order in ORDERS else "asc",
+        download == b"zip",
+    )
+
+
+def sort_entries(entries: list[Entry], sort: str, order: str) -> list[Entry]:
+    """Folders first, then files, each group by ``sort`` (ties by name) in ``order``."""
+    if sort == "size":
+        key = _by_size
+    elif sort == "date":
+        key = _by_date
+    else:
+        key = _by_name
+    desc = order == "desc"
+    folders = sorted((e for e in entries if e.is_dir), key=key, reverse=desc)
+    return folders + sorted((e for e in entries if not e.is_dir), key=key, reverse=desc)
+
+
+# All three keys have one type, (number, name), so that a sort is one call whatever the key.
+def _by_name(e: Entry) -> tuple[float, str]:
+    return (0, e.name)
+
+
+def _by_size(e: Entry) -> tuple[float, str]:
+    return (e.size, e.name)
+
+
+def _by_date(e: Entry) -> tuple[float, str]:
+    return (float("-inf") if e.mtime is None else e.mtime, e.name)  # no date: oldest
+
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def human_size(size: int) -> str:
+    """``size`` bytes in binary units, three significant digits at most: ``"999 B"``,
+    ``"1.0 KiB"``, ``"9.9 MiB"``, ``"10 MiB"``, ``"1023 KiB"``."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in _UNITS:
+        value /= 1024
+        # Rounded as shown: 1023.96 KiB would show as "1024 KiB", so it goes up a unit.
+        if round(value) < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}" if round(value, 1) < 10 else f"{value:.0f} {unit}"
+    raise AssertionError("unreachable")
+
+
 def _href(e: Entry) -> str:
     return quote(e.name, safe="") + ("/" if e.is_dir else "")
 
@@ -112,52 +198,130 @@ def _shown(text: str) -> str:
     return html.escape(text)
 
 
-def render_html(url_path: str, entries: list[Entry], truncated: bool) -> bytes:
-    """An HTML page listing ``entries`` of the folder at (decoded) ``url_path``."""
+_COLUMNS = (
+    ("name", "Name", ""),
+    ("size", "Size", ' class="size"'),
+    ("date", "Modified (UTC)", ' class="date"'),
+)
+
+
+def _header(view: View) -> str:
+    # Each column heading links to its own sort: ascending first, the other way when it is
+    # already the sort. The links are relative ("?..."), so they keep the folder's path.
+    cells = []
+    for key, label, cls in _COLUMNS:
+        if key == view.sort:
+            flip = "desc" if view.order == "asc" else "asc"
+            state = "ascending" if view.order == "asc" else "descending"
+            arrow = "\u25b2" if view.order == "asc" else "\u25bc"
+            cells.append(
+                f'<th scope="col"{cls} aria-sort="{state}"><a href="?sort={key}&amp;order={flip}">'
+                f'{label}<span aria-hidden="true"> {arrow}</span></a></th>'
+            )
+        else:
+            cells.append(
+                f'<th scope="col"{cls}><a href="?sort={key}&amp;order=asc">{label}</a></th>'
+            )
+    cells.append('<th scope="col"><span class="visually-hidden">Download</span></th>')
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+_UPLOAD_FORM = """<form id="upload" method="post" enctype="multipart/form-data" action="./">
+<fieldset><legend>Upload files into this folder</legend>
+<p><label for="files">Files:</label>
+<input id="files" type="file" name="file" multiple required></p>
+<p><input id="overwrite" type="checkbox" name="overwrite" value="1">
+<label for="overwrite">Overwrite files of the same name</label></p>
+<p id="drop" hidden>Or drop files anywhere on this page.</p>
+<p><button type="submit">Upload</button></p>
+</fieldset>
+<ul id="progress" aria-live="polite"></ul>
+<p id="summary" role="status"></p>
+</form>
+"""
+
+
+def render_html(
+    url_path: str,
+    entries: list[Entry],
+    truncated: bool,
+    *,
+    view: View = View(),
+    can_write: bool = False,
+) -> bytes:
+    """An HTML page listing ``entries`` of the folder at (decoded) ``url_path``, sorted as
+    ``view`` says, with an upload form (and the script driving it) when ``can_write``.
+
+    Every name is escaped for where it goes: HTML-escaped as text and in attributes,
+    percent-encoded in links (then HTML-escaped), never written into the script or the style,
+    which are constants (see :mod:`listing_assets`)."""
     title = _shown(f"Index of {url_path}")
     rows = []
     if url_path != "/":
-        rows.append('<tr><td><a href="../">../</a></td><td></td><td></td></tr>')
-    for e in entries:
-        shown = _shown(e.name + ("/" if e.is_dir else ""))
-        size = "-" if e.is_dir else str(e.size)
         rows.append(
-            f'<tr><td><a href="{html.escape(_href(e))}">{shown}</a></td>'
-            f'<td class="size">{size}</td><td>{_when(e.mtime) or "-"}</td></tr>'
+            '<tr><td class="name"><a href="../">../</a></td><td></td><td></td><td></td></tr>'
+        )
+    for e in sort_entries(entries, view.sort, view.order):
+        shown = _shown(e.name + ("/" if e.is_dir else ""))
+        href = html.escape(_href(e))
+        if e.is_dir:
+            size = '<td class="size">-</td>'
+            zip_link = (
+                f'<a href="{href}{html.escape(ZIP_QUERY)}"'
+                f' aria-label="Download {shown} as ZIP">zip</a>'
+            )
+        else:
+            size = f'<td class="size" title="{e.size} bytes">{human_size(e.size)}</td>'
+            zip_link = ""
+        rows.append(
+            f'<tr><td class="name"><a href="{href}">{shown}</a></td>{size}'
+            f'<td class="date">{_when(e.mtime) or "-"}</td><td>{zip_link}</td></tr>'
         )
     note = f"<p>Only the first {len(entries)} entries are shown.</p>\n" if truncated else ""
+    form = script = ""
+    if can_write:
+        form = _UPLOAD_FORM
+        script = f"<script>{SCRIPT}</script>\n"
     page = (
         "<!DOCTYPE html>\n"
-        '<html><head><meta charset="utf-8">'
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{title}</title>"
-        "<style>td{padding:0 1em}.size{text-align:right}</style></head>\n"
+        f"<style>{STYLE}</style></head>\n"
         f"<body><h1>{title}</h1>\n"
-        "<table><tr><th>Name</th><th>Size (bytes)</th><th>Modified (UTC)</th></tr>\n"
+        f'<p><a href="{html.escape(ZIP_QUERY)}">Download this folder as ZIP</a></p>\n'
+        + form
+        + "<table>\n"
+        + _header(view)
+        + "\n"
         + "\n".join(rows)
-        + f"\n</table>\n{note}</body></html>\n"
+        + f"\n</table>\n{note}{script}</body></html>\n"
     )
     return page.encode("utf-8")
 
 
-def render_json(url_path: str, entries: list[Entry], truncated: bool) -> bytes:
-    """The same listing as JSON: ``{"path", "entries": [{name, type, size, mtime, href}], ...}``."""
-    doc = {
-        "path": url_path,
-        "entries": [
-            {
-                "name": e.name,
-                "type": "directory" if e.is_dir else "file",
-                "size": e.size,
-                "mtime": _when(e.mtime, "%Y-%m-%dT%H:%M:%SZ"),
-                "href": _href(e),
-            }
-            for e in entries
-        ],
-        "truncated": truncated,
-    }
+def render_json(
+    url_path: str, entries: list[Entry], truncated: bool, *, view: View = View()
+) -> bytes:
+    """The same listing as JSON: ``{"path", "entries": [{name, type, size, mtime, href}],
+    "truncated", "zip"}``, sorted as ``view`` says; a folder's entry also has ``zip``, the
+    link to download it as a ZIP."""
+    listed: list[dict[str, object]] = []
+    for e in sort_entries(entries, view.sort, view.order):
+        doc: dict[str, object] = {
+            "name": e.name,
+            "type": "directory" if e.is_dir else "file",
+            "size": e.size,
+            "mtime": _when(e.mtime, "%Y-%m-%dT%H:%M:%SZ"),
+            "href": _href(e),
+        }
+        if e.is_dir:
+            doc["zip"] = _href(e) + ZIP_QUERY
+        listed.append(doc)
+    top = {"path": url_path, "entries": listed, "truncated": truncated, "zip": ZIP_QUERY}
     # ASCII only: the same data for any JSON reader, and a terminal showing it raw (curl) gets
     # no bidi override or other control character from a file name.
-    return (json.dumps(doc) + "\n").encode("ascii")
+    return (json.dumps(top) + "\n").encode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,16 +346,24 @@ class Scan:
 
 # (st_dev, st_ino, st_mtime_ns, st_ctime_ns): a folder as it is now
 FolderKey = tuple[int, int, int, int]
-# the folder, then is_json and the URL path
-PageKey = tuple[FolderKey, bool, str]
+# the folder, then is_json, the URL path, the sort key and order, and whether the page has
+# the upload form: never the raw query, which a client could make different on every request
+PageKey = tuple[FolderKey, bool, str, str, str, bool]
 
 
 def folder_key(st: os.stat_result) -> FolderKey:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def page_key(st: os.stat_result, is_json: bool, url_path: str) -> PageKey:
-    return (folder_key(st), is_json, url_path)
+def page_key(
+    st: os.stat_result,
+    is_json: bool,
+    url_path: str,
+    view: View | None = None,
+    can_write: bool = False,
+) -> PageKey:
+    view = view or View()
+    return (folder_key(st), is_json, url_path, view.sort, view.order, can_write)
 
 
 class ListingCache:

@@ -1,4 +1,4 @@
-"""The server's logs: access log, CSV stats, response heads, state trace, and bugs.
+"""The server's logs: access log, CSV stats, response heads, the loop's trace, and bugs.
 
 Theory of operation: nothing here writes on the hot path. Each record is formatted into an
 in-memory list and the reactor calls :meth:`Logs.flush` once per loop iteration, so a burst of
@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import encodings.unicode_escape  # noqa: F401  loaded now: at EMFILE a lazy import would fail
 import io
+import json
 import os
 import select
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import unquote_to_bytes
@@ -313,3 +315,155 @@ def _open(path: Path) -> _Sink:
 def _addr(addr: Address) -> str:
     host, port = addr[0], addr[1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+# The loop's trace (--trace [text|json], --trace-file). Not wired into the reactor yet: see
+# docs/observability.md for where each call goes.
+
+TRACE_FORMS = ("text", "json")
+
+
+def trace_sink(path: Path | None, stderr: TextIO | None = None) -> _Sink:
+    """Where a :class:`Tracer` writes: ``path`` (appended to), else stderr."""
+    if path is not None:
+        return _open(path)
+    return _Sink(stderr if stderr is not None else sys.stderr, owned=False)
+
+
+def _request_text(raw: bytes) -> str:
+    return escape_text(raw.decode("utf-8", "surrogateescape"), also='"')
+
+
+class Tracer:
+    """What the loop does, one line per event, for a learner to follow.
+
+    Two forms. ``text`` (the default) is for reading: every line starts with the UTC time to
+    the microsecond, then ``trace``, the connection (``#4``) and what happened. ``json`` is
+    for tools: one JSON object per line with ``time`` (Unix seconds), ``worker``, ``event``
+    and the event's fields; a transition has ``connection``, ``from``, ``input``, ``to``,
+    ``interest`` and ``bytes`` (``{"in": n, "out": n}``, the connection's totals so far).
+
+    Lines go through a buffered :class:`_Sink`, written whole at the loop's next flush, so
+    tracing costs a formatted string per event and no system call. Anything a client chose (a
+    request line) is escaped with :func:`escape_text` in both forms: JSON would escape control
+    characters itself, but ``jq -r`` would turn them back into terminal escapes.
+    """
+
+    __slots__ = ("_clock", "_json", "_second", "_sink", "_stamp", "_worker", "_who")
+
+    def __init__(
+        self,
+        sink: _Sink,
+        form: str = "text",
+        worker: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if form not in TRACE_FORMS:
+            raise ValueError(f"trace form must be one of {TRACE_FORMS}, not {form!r}")
+        self._sink = sink
+        self._json = form == "json"
+        self._worker = "0" if worker is None else worker
+        # Text lines name the worker only when there are several (a worker was given).
+        self._who = "" if worker is None else f" [{escape_text(worker)}]"
+        self._clock = clock
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, now: float) -> str:
+        # strftime once a second; the microseconds are cheap.
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1_000_000):06d}"
+
+    def _line(self, text: str) -> None:
+        self._sink.add(f"{self._time(self._clock())}{self._who} trace {text}\n")
+
+    def _record(self, event: str, fields: dict[str, object]) -> None:
+        record: dict[str, object] = {
+            "time": round(self._clock(), 6),
+            "worker": self._worker,
+            "event": event,
+        }
+        record.update(fields)
+        self._sink.add(json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n")
+
+    def transition(
+        self,
+        conn_id: int,
+        old: ConnState,
+        inp: Input,
+        new: ConnState,
+        interest: int | None = None,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        request: bytes | None = None,
+    ) -> None:
+        """A connection moved. ``interest`` is what it waits for now (default: its state's;
+        a parked connection waits to write), ``request`` the request line it is serving."""
+        wants = _INTEREST_NAMES[INTEREST[new] if interest is None else interest]
+        if self._json:
+            fields: dict[str, object] = {
+                "connection": conn_id,
+                "from": old.name,
+                "input": inp.name,
+                "to": new.name,
+                "interest": wants,
+                "bytes": {"in": bytes_in, "out": bytes_out},
+            }
+            if request is not None:
+                fields["request"] = _request_text(request)
+            self._record("transition", fields)
+            return
+        req = "" if request is None else f' "{_request_text(request)}"'
+        self._line(
+            f"#{conn_id} {old.name} --{inp.name}--> {new.name} (wait for {wants}, "
+            f"{bytes_in} B in, {bytes_out} B out){req}"
+        )
+
+    def wakeup(self, slept_s: float, ready: int) -> None:
+        """``select`` returned after sleeping ``slept_s`` with ``ready`` sockets ready."""
+        if self._json:
+            self._record("wakeup", {"slept_s": round(slept_s, 6), "ready": ready})
+        else:
+            self._line(f"select woke after {slept_s * 1000:.3f} ms: {ready} ready")
+
+    def io(self, conn_id: int, *, recv: int | None = None, sent: int | None = None) -> None:
+        """One step moved bytes: ``recv`` received (0: the peer closed), ``sent`` sent."""
+        if recv is None and sent is None:
+            raise ValueError("io() needs recv= or sent=")
+        if self._json:
+            fields: dict[str, object] = {"connection": conn_id}
+            if recv is not None:
+                fields["recv"] = recv
+            if sent is not None:
+                fields["sent"] = sent
+            self._record("io", fields)
+            return
+        parts = []
+        if recv is not None:
+            parts.append("recv end of stream" if recv == 0 else f"recv {recv} B")
+        if sent is not None:
+            parts.append(f"sent {sent} B")
+        self._line(f"#{conn_id} " + ", ".join(parts))
+
+    def eagain(self, conn_id: int, op: str) -> None:
+        """``op`` (``recv``, ``send``, ``sendfile``) would block: the connection waits."""
+        if self._json:
+            self._record("eagain", {"connection": conn_id, "op": escape_text(op)})
+        else:
+            self._line(f"#{conn_id} EAGAIN on {escape_text(op)}: wait for the selector")
+
+    def timer(self, conn_id: int, what: str) -> None:
+        """A connection's timer fired; ``what`` says which deadline (``idle``, ``head``...)."""
+        if self._json:
+            self._record("timer", {"connection": conn_id, "what": escape_text(what)})
+        else:
+            self._line(f"#{conn_id} timer fired: {escape_text(what)}")
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def close(self) -> None:
+        self._sink.close()

@@ -178,3 +178,31 @@ def test_a_passed_socket_that_is_not_listening_is_refused(
         cleanup.append(srv)
         assert srv.wait(DEADLINE_S) == 1
     assert "is not a listening stream socket" in srv.err()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_passed_socket_beyond_loopback_turns_anonymous_writes_off(
+    root: Path, tmp_path: Path, cleanup: list[WorkerServer], workers: int
+) -> None:
+    # History: whether writes were safe was judged from -b (127.0.0.1 by default), which socket
+    # activation ignores, so a socket systemd bound to 0.0.0.0 took anonymous PUTs.
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))  # the server listens on every address; we talk to it on loopback only
+    s.listen()
+    port = s.getsockname()[1]
+    srv = faked(tmp_path, [s], None, ["-d", str(root), "-q", "--workers", str(workers)])
+    s.close()
+    cleanup.append(srv)
+    assert fetch(port, "/a.txt") == b"served from a passed socket\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S) as c:
+        c.sendall(
+            b"PUT /new.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        )
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 403 "), reply[:100]
+    assert not (root / "new.txt").exists()
+    assert "Writes are off" in srv.out()  # the banner says so, with workers too
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(DEADLINE_S) == 0, srv.err()

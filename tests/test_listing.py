@@ -46,6 +46,7 @@ def test_render_json() -> None:
             }
         ],
         "truncated": True,
+        "zip": "?download=zip",
     }
 
 
@@ -101,11 +102,11 @@ def test_html_listing(tree: Path) -> None:
         page = reply.body.decode()
         order = [page.index(f">{n}<") for n in ("zdir/", "&lt;b&gt;&amp;.html", "A.txt", "b.txt")]
         assert order == sorted(order)
-        assert ".hidden" not in page
+        assert ">.hidden<" not in page and 'href=".hidden"' not in page
         assert UPLOAD_PREFIX not in page
         assert ">out<" not in page and "fifo" not in page
         assert 'href="%3Cb%3E%26.html"' in page
-        assert '<td class="size">2</td>' in page  # b.txt
+        assert '<td class="size" title="2 bytes">2 B</td>' in page  # b.txt
         # The link works.
         assert request(srv.port, get("/stuff/%3Cb%3E%26.html")).body == b"x"
         # index.html still wins over a listing.

@@ -57,8 +57,8 @@ th { border-bottom: 1px solid #999; }
 _SCRIPT = """
 "use strict";
 const POLL_MS = @POLL_MS@;
-const STATES = ["HANDSHAKING", "READING_HEADERS", "AUTHENTICATING", "WRITING_CONTINUE", "READING_BODY",
-  "WRITING_HEADERS", "STREAMING_FILE", "LINGERING"];
+const STATES = ["HANDSHAKING", "READING_HEADERS", "AUTHENTICATING", "WRITING_CONTINUE",
+  "READING_BODY", "WRITING_HEADERS", "STREAMING_FILE", "LINGERING"];
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n).toLocaleString("en");
 

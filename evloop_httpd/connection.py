@@ -145,7 +145,7 @@ class Context:
 
     def __init__(self, config: Config, observer: Observer, scheme: bytes = b"http") -> None:
         self.config = config
-        # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
+        # Whether the transport can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
         # response's average rate is judged on that, not on what the kernel took: see _progress.
         self.acks_known = False
         self.uploads = 0  # PUTs holding a temp file and a folder descriptor (see Config)
@@ -233,7 +233,7 @@ class Connection:
         self.keep_alive = False
         self.status = 0
         self.sent = 0  # bytes of the current response on the wire
-        # Over the connection's life: bytes of responses the kernel took (or the reactor held
+        # Over the connection's life: bytes of responses the kernel took (or the transport held
         # back), and of those, the ones the client had acknowledged when the timer last looked.
         self.handed = 0
         self.delivered = 0
@@ -355,7 +355,7 @@ class Connection:
     def streamed(self, n: int, now: float) -> None:
         """``sendfile`` (or its fallback) moved ``n`` bytes of the current file span.
 
-        In STREAMING_FILE the reactor sends :attr:`out` first when it is not empty (a multipart
+        In STREAMING_FILE the transport sends :attr:`out` first when it is not empty (a multipart
         boundary), and the file span after it.
         """
         if n <= 0:
@@ -388,7 +388,7 @@ class Connection:
     def check_delivery(self, backlog: int, now: float) -> None:
         """Before a sending connection's expired deadline is judged: ``backlog`` bytes of what
         it sent are not yet acknowledged by the client (the kernel's send queue, and anything
-        the reactor held back).
+        the transport held back).
 
         Progress is otherwise counted when the kernel takes bytes, but a socket becomes
         writable again only once about a third of its send buffer has drained (Linux), and the
@@ -418,7 +418,7 @@ class Connection:
             self._advance(now)
 
     def on_timeout(self, now: float) -> None:
-        """The reactor's timer fired; act only if our deadline really has passed."""
+        """The timer fired; act only if our deadline really has passed."""
         if self.state is S.CLOSED or now < self.deadline:
             return
         if self.parked and self.state is S.READING_HEADERS:
@@ -679,7 +679,7 @@ class Connection:
                     self.parked = True
         else:
             # If the client itself asked for the close and nothing of it is buffered, it will
-            # send nothing more; the reactor may then skip the drain (see drained()).
+            # send nothing more; the transport may then skip the drain (see drained()).
             self.peer_done = req is not None and not req.keep_alive and not self.inbuf
             self._fire(I.RESPONSE_DONE_CLOSE)
             self.inbuf.clear()
@@ -703,7 +703,7 @@ class Connection:
         megabytes at once into a send buffer it grows on a fast path, and counting those let a
         client reading at half the minimum rate keep its slot ten times as long as it should
         (and at the defaults, a trickling reader about an hour). So the deadline comes when
-        the acknowledged bytes run out; the reactor then asks the kernel, and a client that
+        the acknowledged bytes run out; the transport then asks the kernel, and a client that
         did keep up gets a later deadline.
         """
         t = self.ctx.config.timeouts

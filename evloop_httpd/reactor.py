@@ -405,6 +405,11 @@ class Server:
                 t.due(now)
             elif mask:
                 t.ready(mask, now)
+            elif not t.events and t.conn.state is S.AUTHENTICATING:
+                # Reported though it waits for nothing: epoll always reports a hang-up or an
+                # error. The client reset while its password was being checked; left alone, it
+                # would be reported again at every select until the verdict (a busy loop).
+                t.conn.abort()
             t.pump(now)
         except Exception as exc:  # a bug outside the connection's own guard: drop only this one
             self.logs.bug(t.conn, exc)

@@ -21,7 +21,17 @@ import pytest
 from evloop_httpd import auth, hasher
 from evloop_httpd.auth import AccountFileError, client_key, load_accounts, parse_basic
 
-from .helpers import DEADLINE_S, REPO, Client, get, read_serving_port, request, running, spawn_cli
+from .helpers import (
+    DEADLINE_S,
+    REPO,
+    Client,
+    get,
+    read_serving_port,
+    request,
+    running,
+    spawn_cli,
+    wait_until,
+)
 
 PASSWORD = "s3cr:t é:x"  # a colon after the first, and non-ASCII: RFC 7617 §2.1 charset UTF-8
 USER = "zoë"
@@ -419,3 +429,24 @@ def test_which_bind_addresses_count_as_loopback() -> None:
     assert auth.is_loopback("127.0.0.5") and auth.is_loopback("localhost")
     assert not auth.is_loopback("0.0.0.0") and not auth.is_loopback("::")
     assert not auth.is_loopback("192.0.2.1")
+
+
+def test_a_client_that_resets_while_its_check_waits_is_closed_at_once(
+    accounts: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # History: a connection waiting for a verdict asks the selector for nothing, but epoll
+    # still reports a reset; the loop served it again at every select until the verdict came,
+    # spinning a core (noted by the accounts work, fixed after the transport split).
+    held = HeldVerifier()
+    monkeypatch.setattr(auth, "spawn_verifier", held.spawn)
+    with running(accounts.parent, auth_file=accounts) as srv:
+        c = Client(srv.port)
+        c.send(put("/w.txt", b"w", basic(USER, PASSWORD)))
+        ticket, _ = held.next_request()
+        assert srv.server.count == 1
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.sock.close()  # SO_LINGER 0: a reset
+        assert wait_until(lambda: srv.server.count == 0)  # before any verdict
+        held.answer(ticket, True)  # late: goes nowhere
+        assert not (accounts.parent / "w.txt").exists()
+    assert "bug" not in srv.stderr.getvalue()

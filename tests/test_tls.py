@@ -25,6 +25,8 @@ import h11
 import pytest
 import trustme
 
+from evloop_httpd.reactor import Server
+
 from .helpers import (
     DEADLINE_S,
     Client,
@@ -716,3 +718,51 @@ def test_a_browser_that_trusts_the_certificate(site: Path, pki: Pki) -> None:
             driver.quit()
     finally:
         srv.stop()
+
+
+def test_a_slow_reader_gets_every_pipelined_byte_over_tls(
+    site: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Far more than the socket buffers hold: OpenSSL refuses writes (SSLWantWriteError) with a
+    # held-back batch in hand, and each retry must offer the same bytes again.
+    from evloop_httpd import tls as tls_module
+
+    refused = 0
+    real_send = tls_module.TlsTransport._send
+
+    def counting_send(self: tls_module.TlsTransport, data: bytes) -> int:
+        nonlocal refused
+        try:
+            return real_send(self, data)
+        except BlockingIOError:
+            refused += 1
+            raise
+
+    real_add = Server._add
+
+    def small_buffer_add(self: Server, sock: socket.socket, addr: tuple, now: float) -> object:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        return real_add(self, sock, addr, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tls_module.TlsTransport, "_send", counting_send)
+    monkeypatch.setattr(Server, "_add", small_buffer_add)
+    body = bytes(range(256)) * 12  # 3 KiB, from the response cache
+    (site / "f.bin").write_bytes(body)
+    count = 300
+    tls_server = RunningServer(make_config(site, tls_cert=pki.cert, tls_key=pki.key))
+    try:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(DEADLINE_S)
+        raw.connect(("127.0.0.1", tls_server.port))
+        c = Client.__new__(Client)
+        c.sock = pki.client_context().wrap_socket(raw, server_hostname="localhost")
+        c.buf, c.recv_size = b"", 1024
+        with c:
+            c.send(get("/f.bin") * count)
+            replies = [c.read_response() for _ in range(count)]
+            assert all(r.status == 200 and r.body == body for r in replies)
+            assert c.buf == b""
+    finally:
+        tls_server.stop()
+    assert refused > 0  # the path under test was taken

@@ -555,10 +555,20 @@ class Connection:
         cache = ctx.cache
         key = cache.key(req)
         plan: Response | Upload | None = (
-            None if key is None else cache.lookup(key, req.method == b"HEAD", now)
+            None
+            if key is None
+            else cache.lookup(key, req.method == b"HEAD", now, cache.if_none_match)
         )
         if plan is None:
-            plan = ctx.handler.begin(req, ctx.date.second)
+            try:
+                if key is not None and cache.if_none_match is not None:
+                    plan = cache.revalidate(key, req, ctx.handler.begin, ctx.date.second, now)
+                if plan is None:
+                    plan = ctx.handler.begin(req, ctx.date.second)
+            except HttpError as exc:
+                if key is not None and exc.status == 404:
+                    cache.store_missing(key, exc, ctx.handler.root_real, now)
+                raise
             if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:
                 cache.store(key, plan, now)
         if isinstance(plan, Response):

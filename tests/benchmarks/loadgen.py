@@ -46,9 +46,12 @@ class ResponseError(Exception):
     """The server sent something this client cannot frame; the socket must be replaced."""
 
 
-def build_request(path: str, port: int, *, close: bool = False) -> bytes:
-    """Return the request bytes ``wrk`` would send, so both generators measure the same thing."""
+def build_request(path: str, port: int, *, close: bool = False, header: str = "") -> bytes:
+    """Return the request bytes ``wrk`` would send, so both generators measure the same thing;
+    ``header`` is one more field line ("Name: value"), as run.py's conditional scenarios add."""
     head = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+    if header:
+        head += header + "\r\n"
     if close:
         head += "Connection: close\r\n"
     return (head + "\r\n").encode("ascii")
@@ -160,10 +163,11 @@ def run_load(
     depth: int = 16,
     max_requests: int = DEFAULT_MAX_REQUESTS,
     stall_s: float = 5.0,
+    header: str = "",
 ) -> LoadResult:
     """Drive ``connections`` sockets for at most ``duration_s`` and ``max_requests`` responses."""
     per_write = depth if mode == "pipeline" else 1
-    request = build_request(path, port, close=mode == "close") * per_write
+    request = build_request(path, port, close=mode == "close", header=header) * per_write
     result = LoadResult()
     sel = selectors.DefaultSelector()
     start = time.monotonic()
@@ -391,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["keepalive", "close", "pipeline"], default="keepalive")
     parser.add_argument("--depth", type=int, default=16, help="requests per write in pipeline")
     parser.add_argument("--max-requests", type=int, default=DEFAULT_MAX_REQUESTS)
+    parser.add_argument("--header", default="", help='one more field: "Name: value"')
     args = parser.parse_args(argv)
     result = run_load(
         args.port,
@@ -400,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         args.mode,
         args.depth,
         args.max_requests,
+        header=args.header,
     )
     print(json.dumps(asdict(result)))
     return 0

@@ -16,6 +16,14 @@ the output. Idle-connection memory is always measured in-process with ``loadgen.
 RSS of the server process (``/proc/PID/status`` VmRSS) before and after holding N idle
 keep-alive connections, plus probe GETs on one of them while all are held.
 
+Other processes' CPU: a figure is only as good as the quiet around it. For every load the
+runner reads the machine's busy time (``/proc/stat``) over the measured window and takes away
+what the measurement itself used: the server (``/proc/PID/stat``, which is gone once it is
+stopped, so it is read right after the load), the load generator (a child the runner reaped:
+``RUSAGE_CHILDREN``) and the runner. What is left, in CPUs (1.0 = one core busy all along), is
+printed next to the figure and in its own table, and the report warns when any figure had more
+than ``NOT_QUIET_CPUS`` of it: docs/performance.md quotes quiet runs only.
+
 Everything is bounded: each load by ``--duration``, each server start by a deadline, the whole
 run by ``--budget`` (an estimate is printed first). Every server is started in its own session
 and killed in a ``finally``; SIGTERM and SIGHUP are turned into exceptions so that ``finally``
@@ -64,6 +72,7 @@ STOP_GRACE_S = 3.0  # SIGTERM, then SIGKILL after this
 IDLE_HOLD_DEADLINE_S = 60.0  # opening 10,000 connections takes a few seconds, not a minute
 PROBE_COUNT = 200
 OURS = "evloop_httpd"
+NOT_QUIET_CPUS = 0.1  # other processes' CPU during a load above this: the figure is suspect
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,9 @@ class Scenario:
     mode: loadgen.Mode
     unit: str  # "req/s" or "MiB/s"
     tls: bool = False  # HTTPS scenarios run only on HTTPS servers, the others only on plain
+    status: int = 200  # the answer every request must get (checked once before the load)
+    # One more request field; "{etag}" becomes the ETag the server gave the file just before.
+    header: str = ""
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -85,6 +97,14 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("medium_keepalive", "100 KiB keep-alive x16", "/medium.bin", 16, "keepalive", "MiB/s"),
     Scenario("large_keepalive", "10 MiB keep-alive x4", "/large.bin", 4, "keepalive", "MiB/s"),
     Scenario("small_pipelined", "1 KiB pipelined 16 x50", "/small.bin", 50, "pipeline", "req/s"),
+    Scenario(
+        "missing_keepalive", "404 keep-alive x50", "/missing.bin", 50, "keepalive", "req/s",
+        status=404,
+    ),
+    Scenario(
+        "notmod_keepalive", "304 If-None-Match keep-alive x50", "/small.bin", 50, "keepalive",
+        "req/s", status=304, header="If-None-Match: {etag}",
+    ),
     Scenario(
         "tls_small_keepalive", "HTTPS 1 KiB keep-alive x50", "/small.bin", 50, "keepalive",
         "req/s", tls=True,
@@ -362,6 +382,41 @@ def http_get(port: int, path: str, timeout: float = 2.0, tls: bool = False) -> t
         return reader.last_status, body
 
 
+def response_head(
+    port: int, path: str, header: str = "", tls: bool = False, timeout: float = 2.0
+) -> tuple[int, dict[str, str]]:
+    """One blocking GET (with ``header``) on a fresh connection: the status and the fields."""
+    raw = socket.create_connection((HOST, port), timeout=timeout)
+    with client_tls().wrap_socket(raw) if tls else raw as sock:
+        sock.sendall(loadgen.build_request(path, port, close=True, header=header))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(loadgen.RECV_BYTES)
+            if not chunk:
+                raise ConnectionError("EOF before a complete head")
+            data += chunk
+    lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), fields
+
+
+def scenario_header(scenario: Scenario, port: int) -> str:
+    """The scenario's extra field for this server, checked to get the scenario's status."""
+    header = scenario.header
+    if "{etag}" in header:
+        etag = response_head(port, scenario.path, tls=scenario.tls)[1].get("etag")
+        if etag is None:
+            raise RuntimeError(f"{scenario.path}: no ETag, so no If-None-Match to send")
+        header = header.replace("{etag}", etag)
+    status = response_head(port, scenario.path, header, tls=scenario.tls)[0]
+    if status != scenario.status:
+        raise RuntimeError(f"{scenario.path} with {header!r}: {status}, not {scenario.status}")
+    return header
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of ``pid`` and its threads, from /proc/PID/stat."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -385,6 +440,61 @@ def wait_quiet(pid: int, max_s: float = 10.0, busy_fraction: float = 0.1) -> flo
             if cpu_seconds(pid) - used < busy_fraction * window_s:
                 break
     return time.monotonic() - start
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has spent busy (all CPUs), from /proc/stat; None without
+    /proc. Busy is everything but idle and iowait; steal is another guest's, so also not us."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    # guest and guest_nice (fields 9-10) are already counted in user and nice
+    total = sum(ticks[:8])
+    return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OthersMeter:
+    """Other processes' CPU over a window: machine busy time minus the measurement's own."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        """``server_pid``: a process that is neither this one nor a child it will reap."""
+        self.pid = server_pid
+        self.busy = machine_busy_s()
+        self.server = _cpu_or_none(server_pid)
+        self.children = _rusage_s(resource.RUSAGE_CHILDREN)
+        self.runner = _rusage_s(resource.RUSAGE_SELF)
+        self.started = time.monotonic()
+
+    def stop(self) -> float | None:
+        """Other processes' CPU in CPUs (seconds of CPU per second of window), or None."""
+        busy, server = machine_busy_s(), _cpu_or_none(self.pid)
+        window = time.monotonic() - self.started
+        if busy is None or self.busy is None or server is None or self.server is None:
+            return None
+        ours = (
+            (server - self.server)
+            + (_rusage_s(resource.RUSAGE_CHILDREN) - self.children)
+            + (_rusage_s(resource.RUSAGE_SELF) - self.runner)
+        )
+        # Ticks are 10 ms, so a short window reads a little either way: never below zero.
+        return max(0.0, (busy - self.busy) - ours) / window if window > 0 else None
+
+
+def _cpu_or_none(pid: int | None) -> float | None:
+    if pid is None:
+        return 0.0
+    try:
+        return cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _rusage_s(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def vm_rss_kib(pid: int) -> int:
@@ -512,14 +622,25 @@ class Measurement:
     requests: int = 0
     errors: int = 0
     note: str = ""
+    others_cpu: float | None = None  # other processes' CPU during the window (OthersMeter)
 
 
 def run_wrk(
-    scenario: Scenario, port: int, duration: int, work: Path, client_cpu: int | None
+    scenario: Scenario,
+    port: int,
+    duration: int,
+    work: Path,
+    client_cpu: int | None,
+    header: str = "",
 ) -> loadgen.LoadResult:
     scheme = "https" if scenario.tls else "http"
-    script = work / f"wrk-{scenario.mode}.lua"
-    script.write_text(WRK_SCRIPTS[scenario.mode])
+    script = work / f"wrk-{scenario.key}.lua"
+    extra = ""
+    if header:
+        name, _, value = header.partition(":")
+        # Lua long brackets: an ETag's quotes need no escaping.
+        extra = f"wrk.headers[ [==[{name.strip()}]==] ] = [==[{value.strip()}]==]\n"
+    script.write_text(extra + WRK_SCRIPTS[scenario.mode])
     argv = [
         *pin_prefix(client_cpu),
         "wrk", "-t1", f"-c{scenario.connections}", f"-d{duration}s", "--timeout", "5s",
@@ -543,13 +664,13 @@ def run_wrk(
 
 
 def run_python_loadgen(
-    scenario: Scenario, port: int, duration: float, client_cpu: int | None
+    scenario: Scenario, port: int, duration: float, client_cpu: int | None, header: str = ""
 ) -> loadgen.LoadResult:
     argv = [
         *pin_prefix(client_cpu),
         sys.executable, str(HERE / "loadgen.py"), "--port", str(port), "--path", scenario.path,
         "-c", str(scenario.connections), "-d", str(duration), "--mode", scenario.mode,
-        "--depth", str(PIPELINE_DEPTH),
+        "--depth", str(PIPELINE_DEPTH), "--header", header,
     ]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30, check=False)
     if proc.returncode != 0:
@@ -565,21 +686,35 @@ def measure_load(
     use_wrk: bool,
     work: Path,
     client_cpu: int | None,
+    server_pid: int,
 ) -> Measurement:
+    header = ""
+    if scenario.header or scenario.status != 200:
+        try:
+            header = scenario_header(scenario, port)
+        except (RuntimeError, OSError, ValueError, IndexError) as exc:
+            return Measurement(None, note=f"not measured: {exc}")  # e.g. no ETag to send back
+    meter = OthersMeter(server_pid)
     if use_wrk:
-        result = run_wrk(scenario, port, max(1, round(duration)), work, client_cpu)
+        result = run_wrk(scenario, port, max(1, round(duration)), work, client_cpu, header)
     else:
-        result = run_python_loadgen(scenario, port, duration, client_cpu)
+        result = run_python_loadgen(scenario, port, duration, client_cpu, header)
+    others = meter.stop()
+    if scenario.status != 200:
+        # Both generators count any other status as an error (wrk: >= 400); the one expected
+        # here was checked before the load.
+        result.errors["status"] = 0
     errors = sum(result.errors.values())
     if result.duration_s <= 0 or result.requests == 0:
-        return Measurement(None, result.requests, errors, f"no responses, errors {result.errors}")
+        note = f"no responses, errors {result.errors}"
+        return Measurement(None, result.requests, errors, note, others)
     if scenario.unit == "MiB/s":
         # Bytes received, headers included: the same count from wrk and from loadgen.
         value = result.bytes / MIB / result.duration_s
     else:
         value = result.requests / result.duration_s
     note = "" if errors == 0 else f"errors {result.errors}"
-    return Measurement(value, result.requests, errors, note)
+    return Measurement(value, result.requests, errors, note, others)
 
 
 def measure_idle(pid: int, port: int, count: int, probes: int) -> dict[str, Measurement]:
@@ -816,10 +951,12 @@ def run_server(
                 continue
             if server.proc.poll() is not None:
                 raise RuntimeError(f"server died:\n{server.log_tail()}")
-            m = measure_load(scenario, server.port, args.duration, use_wrk, work, client_cpu)
+            m = measure_load(
+                scenario, server.port, args.duration, use_wrk, work, client_cpu, server.proc.pid
+            )
             results[scenario.key] = m.__dict__
             note = f"  ({m.note})" if m.note else ""
-            figure = f"{_fmt(m.value, scenario.unit)} {scenario.unit}"
+            figure = f"{_fmt(m.value, scenario.unit)} {scenario.unit}  {_others(m.others_cpu)}"
             print(f"  {scenario.key}: {figure}{note}", flush=True)
 
 
@@ -896,6 +1033,15 @@ def check_targets(medians: dict[str, dict[str, float | None]], idle: int) -> lis
         rel("medium_keepalive", "twisted", 3.0, "medium keep-alive >= 3x Twisted"),
         rel("large_keepalive", "nginx", 0.85, "large keep-alive >= 0.85x nginx"),
     ]
+    for key, what in (("missing_keepalive", "404"), ("notmod_keepalive", "304")):
+        targets.append(rel(key, "twisted", 2.5, f"{what} keep-alive >= 2.5x Twisted"))
+        a, b = ours.get(key), ours.get("small_keepalive")
+        text = f"{what} keep-alive >= 0.8x our cached 200"
+        if a is None or b is None:
+            targets.append({"target": text, "status": "n/a", "detail": f"no figure for {OURS}"})
+        else:
+            status = "met" if a >= 0.8 * b else "not met"
+            targets.append({"target": text, "status": status, "detail": f"{a / b:.2f}x"})
     pipe, keep = ours.get("small_pipelined"), ours.get("small_keepalive")
     text = "pipelined >= 2x our keep-alive"
     if pipe is None or keep is None:
@@ -970,6 +1116,32 @@ def before_after(
     ]
 
 
+def _others(cpus: float | None) -> str:
+    if cpus is None:
+        return "[others: unknown]"
+    flag = "  NOT QUIET" if cpus > NOT_QUIET_CPUS else ""
+    return f"[others {cpus:.2f} CPU{flag}]"
+
+
+def others_table(report: dict[str, Any]) -> tuple[dict[str, dict[str, float | None]], list[str]]:
+    """The most other processes' CPU any round saw, per server and load; and the warnings."""
+    worst: dict[str, dict[str, float | None]] = {}
+    noisy: list[str] = []
+    for server in report["servers"]:
+        worst[server] = {}
+        for m in report["metrics"]:
+            seen = [
+                r[server][m["key"]].get("others_cpu")
+                for r in report["rounds"]
+                if server in r and m["key"] in r[server]
+            ]
+            values = [v for v in seen if v is not None]
+            worst[server][m["key"]] = max(values) if values else None
+            if values and max(values) > NOT_QUIET_CPUS:
+                noisy.append(f"{server} {m['title']}")
+    return worst, noisy
+
+
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
@@ -1011,6 +1183,24 @@ def print_tables(report: dict[str, Any]) -> None:
                 ratio = report["ratios"][ref][key]
                 cells.append(("-" if ratio is None else f"{ratio:.2f}x").rjust(col_w))
             print(f"{title} [{unit}]".ljust(title_w) + "".join(cells))
+    worst, noisy = others_table(report)
+    loads = [row for row in rows if any(worst[s][row[0]] is not None for s in servers)]
+    if loads:
+        print()
+        print("Other processes' CPU during the load, most over rounds [CPUs; 1.0 = one core]")
+        print("scenario".ljust(title_w) + "".join(s.rjust(col_w) for s in servers))
+        for key, title, unit in loads:
+            cells = [
+                ("-" if worst[s][key] is None else f"{worst[s][key]:.2f}").rjust(col_w)
+                for s in servers
+            ]
+            print(f"{title} [{unit}]".ljust(title_w) + "".join(cells))
+    if noisy:
+        print()
+        print(
+            f"WARNING: the machine was not quiet (other processes above {NOT_QUIET_CPUS} CPU)"
+            f" during {len(noisy)} figure(s), e.g. {'; '.join(noisy[:3])}: rerun before quoting."
+        )
     print()
     print("Targets")
     for t in report["targets"]:

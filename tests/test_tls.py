@@ -617,6 +617,8 @@ def test_a_large_upload_over_tls_is_stored_whole(
 def test_workers_reload_a_new_pair_and_keep_the_old_one_if_it_is_broken(
     site: Path, tmp_path: Path
 ) -> None:
+    # History: a worker of the new generation died on the broken pair with a traceback on
+    # stderr (TlsSetupError fell into the worker's catch-all for bugs).
     from .workerhelp import worker_server
 
     first, second = Pki(tmp_path, "first"), Pki(tmp_path, "second")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import signal
 import sys
@@ -82,6 +83,16 @@ def seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
     return value
+
+
+def network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """``--trusted-proxy``: a network (``10.0.0.0/8``, ``fd00::/8``) or one address."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"not a network or address: {text!r} ({exc}; try 10.0.0.0/8, 192.0.2.7 or fd00::/8)"
+        ) from None
 
 
 def header_line(text: str) -> tuple[bytes, bytes]:
@@ -307,6 +318,23 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
         default=Timeouts().handshake_s,
         help="to finish the TLS handshake (default %(default)s)",
     )
+    b = p.add_argument_group("behind a load balancer or reverse proxy (see docs/deployment.md)")
+    b.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="every connection starts with a PROXY protocol v1 or v2 header (HAProxy send-proxy,"
+        " nginx proxy_protocol, cloud L4 balancers); a connection without one is closed",
+    )
+    b.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        type=network,
+        default=[],
+        metavar="CIDR",
+        help="requests from this network name their client in Forwarded or X-Forwarded-For"
+        " (repeatable); from anywhere else those headers are ignored",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--stats-csv", type=Path, help="append one CSV row per request to this file")
     o.add_argument("--response-log", type=Path, help="append each response head to this file")
@@ -381,6 +409,8 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_password_file=args.tls_password_file,
+        proxy_protocol=args.proxy_protocol,
+        trusted_proxies=tuple(args.trusted_proxies),
     )
 
 

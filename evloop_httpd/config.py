@@ -8,6 +8,7 @@ Nothing here is mutated after start-up.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,3 +82,8 @@ class Config:
     tls_cert: Path | None = None  # with it, the port serves HTTPS only (see tls.py)
     tls_key: Path | None = None  # None: the key is in the cert file
     tls_password_file: Path | None = None  # first line: the key's passphrase
+    # Behind a load balancer (see docs/deployment.md): each connection starts with a PROXY
+    # protocol header (proxyproto.py), and requests from these networks name their client in
+    # Forwarded / X-Forwarded-For (forwarded.py).
+    proxy_protocol: bool = False
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()

@@ -24,12 +24,17 @@ calls, each given the current time:
 * :meth:`Connection.on_timeout` when :attr:`Connection.deadline` has passed;
 * :meth:`Connection.resume` at the start of a turn, when the connection is *parked*;
 * over TLS, :meth:`Connection.handshake_done` and :meth:`Connection.refuse_plain`;
+* with ``--proxy-protocol``, :meth:`Connection.proxy_bytes` with the bytes waiting at the
+  start of the socket (peeked, not taken), until the PROXY header is read;
 
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
 
 A parsed request is answered from the response cache (:mod:`fastpath`) when that can be done
-safely, else by the handler; either way the answer is a :class:`Response` plan.
+safely, else by the handler; either way the answer is a :class:`Response` plan. A request whose
+body the handler accepts (a PUT; a POST of a form to a folder) gets an upload instead, an
+:class:`~evloop_httpd.upload.Upload` or a :class:`~evloop_httpd.form_upload.FormUpload`, and
+the body is decoded into it as it arrives; its response is made once the body is complete.
 
 ``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
 been sent, it becomes an error response; otherwise the connection aborts. Any other exception is
@@ -41,10 +46,20 @@ One request is in flight at a time. Pipelined requests wait in ``inbuf``; when a
 the next one is parsed at once, without going back to the selector, as long as the reactor's
 work budget for this turn lasts (``ctx.may_start``, which counts time, not sends: one request
 can cost a thousand times another). Past it, the connection is *parked*: it starts nothing (nor
-decodes more of a body of tiny chunks), it waits to write rather than to read, and the
-transport's next turn calls :meth:`resume`. The transport does not read while a response is
-being written or while parked, so ``inbuf`` never holds more than the head limit plus one
-``recv``: memory per connection is bounded whatever is sent or received.
+decodes more of a body of tiny chunks, nor acts on more parts of a form), it waits to write
+rather than to read, and the transport's next turn calls :meth:`resume`. The transport does
+not read while a response is being written or while parked, so ``inbuf`` never holds more
+than the head limit plus one ``recv``: memory per connection is bounded whatever is sent or
+received.
+
+Addresses: ``origin`` is where the connection comes from, the socket's peer or, behind a
+balancer speaking the PROXY protocol, the client its header names. ``peer`` is the client of
+the current request, which the logs, the Gate's per-address limits and the status page use:
+``origin``, unless ``origin`` is a trusted proxy (``--trusted-proxy``) and the request's
+``Forwarded`` / ``X-Forwarded-For`` name another client (:mod:`forwarded`). That is decided per
+request, since one balancer's connection may carry requests of many clients; a head that does
+not parse is logged against ``origin``. Without ``--trusted-proxy`` it costs one ``is None``
+per request.
 """
 
 from __future__ import annotations
@@ -59,8 +74,11 @@ from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
+from .form_upload import FormUpload
+from .forwarded import Network, client_address
 from .handler import Handler
 from .parser import Request, parse_head
+from .proxyproto import parse_proxy_header
 from .responses import (
     CONTINUE,
     DateCache,
@@ -74,6 +92,11 @@ from .upload import Upload
 
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
+# Clients found behind trusted proxies, by (origin, Forwarded, X-Forwarded-For): parsing the
+# addresses costs ~10 us a request, a lookup well under one. Bounded: only short fields are
+# kept (a few hops), and the table is emptied when full, so it holds at most ~2 MiB.
+CLIENTS_CACHED = 4096
+CLIENT_KEY_BYTES = 512
 _BODYLESS = (b"GET ", b"HEAD ")
 
 
@@ -131,6 +154,7 @@ class Context:
     __slots__ = (
         "acks_known",
         "cache",
+        "clients",
         "config",
         "date",
         "gate",
@@ -140,6 +164,7 @@ class Context:
         "scheme",
         "stopping",
         "trace",
+        "trusted",
         "uploads",
     )
 
@@ -148,7 +173,7 @@ class Context:
         # Whether the transport can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
         # response's average rate is judged on that, not on what the kernel took: see _progress.
         self.acks_known = False
-        self.uploads = 0  # PUTs holding a temp file and a folder descriptor (see Config)
+        self.uploads = 0  # PUTs and POSTs holding a temp file and a folder descriptor (Config)
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
@@ -156,6 +181,9 @@ class Context:
         self.stopping = False
         self.trace = config.trace
         self.scheme = scheme  # every connection of a server has the same: one port, one scheme
+        # --trusted-proxy networks; None (not an empty tuple) keeps the per-request check cheap.
+        self.trusted = config.trusted_proxies or None
+        self.clients: dict[tuple[str, bytes | None, bytes | None], str] = {}
         gate = Gate(config)
         self.gate = gate if gate.active else None
         # Whether this turn's work budget allows starting another pipelined request: the
@@ -180,11 +208,12 @@ class Connection:
         "inbuf",
         "keep_alive",
         "local",
+        "client",
+        "origin_host",
+        "origin_port",
         "out",
         "out_pos",
         "parked",
-        "peer_host",
-        "peer_port",
         "phase_bytes",
         "phase_acked",
         "phase_start",
@@ -211,6 +240,7 @@ class Connection:
         ident: int = 0,
         *,
         handshake: bool = False,
+        proxy: bool = False,
     ) -> None:
         self.ctx = ctx
         self.state = S.READING_HEADERS
@@ -227,7 +257,7 @@ class Connection:
         self.trailer = b""
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
-        self.upload: Upload | None = None
+        self.upload: Upload | FormUpload | None = None
         self.user: str | None = None  # the account the current request acts as
         self.auth_ticket = 0  # the password check this connection waits for (0: none)
         self.keep_alive = False
@@ -241,24 +271,45 @@ class Connection:
         self.phase_bytes = 0
         self.phase_acked = 0  # bytes the client acknowledged in this phase (see check_delivery)
         self.deadline = now + ctx.config.timeouts.head_s
-        # Kept as two fields, not the accept() tuple: the host string is shared between
-        # connections from one address (see reactor), and the tuple alone would cost 64 bytes
-        # of each idle connection's 1 KiB. ``peer`` rebuilds it for the logs.
-        self.peer_host: str = peer[0]
-        self.peer_port: int = peer[1]
+        # The connection's address as two fields, not the accept() tuple: the host string is
+        # shared between connections from one address (see reactor), and a tuple would cost 64
+        # bytes of each idle connection's 1 KiB. ``origin`` and ``peer`` rebuild it.
+        self.origin_host: str = peer[0]
+        self.origin_port: int = peer[1]
+        # This request's client when it is not ``origin`` (behind a trusted proxy), else None.
+        self.client: tuple[str, int] | None = None
         self.local = local
         self.ident = ident
         self.cut_short = False  # closed mid-response: the transport closes with RST, not FIN
         self.peer_done = False  # the client asked to close and sent nothing more
         self.parked = False  # whole requests wait in inbuf for the next turn (work budget)
-        if handshake:
+        if proxy:
+            # The PROXY header comes before anything else, TLS included. Its deadline runs from
+            # the accept, however the header trickles.
+            self.state = S.PROXY_HEADER
+        elif handshake:
             self.state = S.HANDSHAKING
             self.deadline = now + ctx.config.timeouts.handshake_s
 
     @property
+    def origin(self) -> tuple[str, int]:
+        """Where the connection comes from: the socket's peer, or the PROXY header's client."""
+        return self.origin_host, self.origin_port
+
+    @origin.setter
+    def origin(self, address: tuple[str, int]) -> None:
+        self.origin_host, self.origin_port = address[0], address[1]
+
+    @property
     def peer(self) -> tuple[str, int]:
-        """The client's (host, port)."""
-        return self.peer_host, self.peer_port
+        """The current request's client (see "Addresses" above)."""
+        client = self.client
+        return (self.origin_host, self.origin_port) if client is None else client
+
+    @peer.setter
+    def peer(self, address: tuple[str, int]) -> None:
+        same = address[0] == self.origin_host and address[1] == self.origin_port
+        self.client = None if same else (address[0], address[1])
 
     @property
     def interest(self) -> int:
@@ -271,8 +322,9 @@ class Connection:
 
     @property
     def handshaken(self) -> bool:
-        """Past HANDSHAKING: HTTP may flow (always true over plain TCP)."""
-        return self.state is not S.HANDSHAKING and self.state is not S.CLOSED
+        """Past HANDSHAKING (and PROXY_HEADER): HTTP may flow."""
+        state = self.state
+        return state is not S.HANDSHAKING and state is not S.CLOSED and state is not S.PROXY_HEADER
 
     def to_send(self) -> bytes | memoryview:
         """What of the response's in-memory bytes (head, small body, a multipart boundary) is
@@ -449,6 +501,54 @@ class Connection:
         else:
             self._fire(I.TIMEOUT)
 
+    def proxy_bytes(self, available: bytes, now: float) -> int:
+        """PROXY_HEADER: ``available`` are the bytes waiting at the start of the socket's input,
+        peeked, not taken (``b""``: the peer closed). Returns how many of them the transport
+        must take: those of the header and never one past it, so what follows (a ClientHello,
+        the first request) stays in the kernel for whoever reads next.
+
+        A malformed header closes the connection without a response: the peer is a balancer,
+        which would not read one, and the spec says to drop the connection. Bytes of an
+        unfinished header wait in ``inbuf``, which the parser bounds (107 bytes for v1, 16 plus
+        the announced length, at most ``MAX_V2_BYTES``, for v2)."""
+        if self.state is not S.PROXY_HEADER:
+            return 0
+        if not available:
+            self._fire(I.PEER_EOF)
+            return 0
+        inbuf = self.inbuf
+        have = len(inbuf)
+        try:
+            header = parse_proxy_header(inbuf + available if have else available)
+        except HttpError as exc:
+            self.ctx.observer.debug(f"#{self.ident} {exc.detail}")
+            self._fire(I.PROXY_REFUSED)
+            return 0
+        if header is None:
+            # The header goes on past these bytes, so all of them are the header's.
+            inbuf += available
+            return len(available)
+        self.inbuf = bytearray()
+        source = header.source
+        # LOCAL (the balancer's own health check), UNKNOWN, UNSPEC and AF_UNIX name no IP
+        # client: the socket's address stands.
+        if source is not None and isinstance(source[0], str) and source[1] is not None:
+            self.origin = (source[0], source[1])
+            self.client = None  # the peer is the origin
+        ctx = self.ctx
+        if ctx.trace:
+            ctx.observer.debug(
+                f"#{self.ident} PROXY v{header.version} {header.command} {header.family}:"
+                f" client {self.origin[0]}:{self.origin[1]}"
+            )
+        if ctx.scheme == b"https":
+            self._fire(I.PROXY_DONE_TLS)
+            self.deadline = now + ctx.config.timeouts.handshake_s
+        else:
+            self._fire(I.PROXY_DONE)
+            self.deadline = now + ctx.config.timeouts.head_s
+        return header.consumed - have
+
     def handshake_done(self, now: float) -> None:
         """TLS: the handshake finished; HTTP may begin, with a fresh head deadline."""
         if self.state is S.HANDSHAKING:
@@ -511,6 +611,9 @@ class Connection:
         del inbuf[: req.head_size]
         self.scan_from = 0
         self.request = req
+        trusted = ctx.trusted
+        if trusted is not None:
+            self._find_client(req, trusted)
         if req.raw_target[0] != 47 and _scheme_mismatch(req.raw_target, ctx.scheme):  # not "/"
             raise HttpError(
                 HTTPStatus.MISDIRECTED_REQUEST,
@@ -525,6 +628,27 @@ class Connection:
                 return
             self.user = user  # type: ignore[assignment]
         self._begin(req, now)
+
+    def _find_client(self, req: Request, trusted: tuple[Network, ...]) -> None:
+        """This request's client: ``origin``, or if that is a trusted proxy, the address its
+        ``Forwarded`` or ``X-Forwarded-For`` lines (joined in order, RFC 9110 §5.3) name. The
+        client's port is not known then: 0."""
+        origin = self.origin
+        forwarded = req.get(b"forwarded")
+        xff = req.get(b"x-forwarded-for")
+        if forwarded is None and xff is None:
+            self.peer = origin
+            return
+        key = (origin[0], forwarded, xff)
+        clients = self.ctx.clients
+        client = clients.get(key)
+        if client is None:
+            client = client_address(origin[0], trusted, forwarded, xff)
+            if len(forwarded or b"") + len(xff or b"") <= CLIENT_KEY_BYTES:
+                if len(clients) >= CLIENTS_CACHED:
+                    clients.clear()
+                clients[key] = client
+        self.peer = origin if client == origin[0] else (client, 0)
 
     def auth_done(self, outcome: str | HttpError, now: float) -> bool:
         """The password check this connection waited for is over: ``outcome`` is the user, or
@@ -554,7 +678,7 @@ class Connection:
         inbuf = self.inbuf
         cache = ctx.cache
         key = cache.key(req)
-        plan: Response | Upload | None = (
+        plan: Response | Upload | FormUpload | None = (
             None
             if key is None
             else cache.lookup(key, req.method == b"HEAD", now, cache.if_none_match)
@@ -587,6 +711,8 @@ class Connection:
                 headers=((b"Retry-After", b"1"),),
             )
         ctx.uploads += 1  # until _drop_upload
+        if isinstance(plan, FormUpload):
+            plan.may_continue = ctx.may_start  # parts started per turn: see form_upload.py
         self.upload = plan
         self.body = ChunkedBody(ctx.config.limits) if req.chunked else FixedBody(req.content_length)
         if req.expect == b"100-continue" and req.has_body and not inbuf:
@@ -599,14 +725,23 @@ class Connection:
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
         assert body is not None and upload is not None and req is not None
+        form = upload if isinstance(upload, FormUpload) else None
+        done = False
         while True:
-            # Bounded reads: a recv of tiny chunks is thousands of lines to decode. Between
-            # reads, the work budget decides whether to go on now or park until the next turn.
-            data, done = body.read(self.inbuf, LINES_PER_STEP)
-            if data:
-                upload.write(data)
-                self._progress(len(data), now)
-            if done or not body.paused:
+            # Bounded reads: a recv of tiny chunks is thousands of lines to decode, and one of
+            # tiny form parts hundreds of files to create. Between steps, the work budget
+            # decides whether to go on now or park until the next turn. A form's backlog is
+            # worked off before more of the body is decoded, so it never outgrows one recv.
+            worked = form is not None and form.backlog
+            if worked:
+                form.work()  # type: ignore[union-attr]
+            else:
+                data, done = body.read(self.inbuf, LINES_PER_STEP)
+                if data:
+                    upload.write(data)
+                    self._progress(len(data), now)
+            backlog = form is not None and form.backlog
+            if not worked and not backlog and (done or not body.paused):
                 break
             if not self.ctx.may_start():
                 self.parked = True
@@ -663,6 +798,8 @@ class Connection:
             self.abort()
             return
         req = self.request
+        if req is None:
+            self.peer = self.origin  # no head, no Forwarded: the connection's address
         head_only = req.method == b"HEAD" if req is not None else _names_head(self.inbuf)
         resp = error_response(exc, head_only=head_only)
         self._start_response(resp, now, I.ERROR, body_read=body_read)

@@ -26,6 +26,7 @@ def mermaid() -> str:
         "stateDiagram-v2",
         "    [*] --> READING_HEADERS: accept",
         "    [*] --> HANDSHAKING: accept (TLS)",
+        "    [*] --> PROXY_HEADER: accept (--proxy-protocol)",
     ]
     for (src, inp), dst in TRANSITIONS.items():
         lines.append(f"    {src.name} --> {dst.name}: {inp.name}")

@@ -82,6 +82,7 @@ from http import HTTPStatus
 from .conditional import Outcome, evaluate
 from .errors import HttpError
 from .files import decode_segments, os_error_to_http, under_root
+from .form_upload import FormUpload
 from .negotiate import preference
 from .parser import Request
 from .responses import Response, encode_middle, error_response
@@ -410,7 +411,7 @@ class ResponseCache:
         self,
         key: Key,
         req: Request,
-        begin: Callable[[Request, float], Response | Upload],
+        begin: Callable[[Request, float], Response | Upload | FormUpload],
         wall: float,
         now: float,
     ) -> Response | None:

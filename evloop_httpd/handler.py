@@ -2,12 +2,14 @@
 
 Theory of operation: :meth:`Handler.begin` is called once per request head and returns either
 a finished :class:`Response` plan or, for a PUT that will be accepted, an :class:`Upload` to
-stream the body into; :meth:`Handler.finish_upload` then produces the PUT's response. Every
+stream the body into (for a POST to a folder, a :class:`FormUpload`); :meth:`Handler.finish_upload`
+then produces the response. Every
 refusal is an :class:`HttpError` raised from here and answered by the connection. The handler
 holds no per-connection state and never touches a socket, so its tests need only a directory.
 
-Method policy (RFC 9110 §9): GET, HEAD, OPTIONS and PUT are served (PUT unless
-``--read-only``), DELETE with ``--allow-delete``. The other methods RFC 9110 defines are known
+Method policy (RFC 9110 §9): GET, HEAD, OPTIONS, PUT and POST are served (PUT and POST
+unless ``--read-only``; POST only to a folder, as a multipart/form-data upload), DELETE with
+``--allow-delete``. The other methods RFC 9110 defines are known
 but not allowed here: 405 with ``Allow``. Any other token is a method we do not implement: 501.
 
 A file GET goes: resolve the path (404/403 first), pick the variant (a precompressed sidecar
@@ -47,7 +49,9 @@ from .files import (
     strong_etag,
     under_root,
 )
+from .form_upload import FormUpload
 from .listing_assets import HEADERS as LISTING_HEADERS
+from .multipart import boundary_from_content_type
 from .negotiate import SIDECARS, choose_coding, wants_json
 from .parser import Request
 from .ranges import content_range, multipart_spans, plan_ranges, unsatisfied_range
@@ -55,6 +59,7 @@ from .responses import Response, http_date, text_response
 from .upload import Upload, lstat_in
 
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
+_POST = b"POST"
 _KNOWN_NOT_ALLOWED = frozenset({b"POST", b"DELETE", b"PATCH", b"TRACE", b"CONNECT"})
 _INDEX = "index.html"
 # Says why, so that whoever runs the server sees at once what to change.
@@ -69,7 +74,7 @@ def _precondition_failed() -> HttpError:
 class Handler:
     """Turns requests into response plans for one root directory."""
 
-    __slots__ = ("allow", "can_write", "config", "listings", "root_real")
+    __slots__ = ("allow", "allow_files", "can_write", "config", "listings", "root_real")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -80,6 +85,11 @@ class Handler:
             methods.append(_PUT)
             if config.allow_delete:
                 methods.append(_DELETE)
+        # POST (a form upload) applies to folders only: Allow names it for a folder's URL, not
+        # for a file's, a missing name's or "*" (OPTIONS *: what every resource allows).
+        self.allow_files = b", ".join(methods)
+        if not config.read_only:
+            methods.append(_POST)
         self.allow = b", ".join(methods)
         # Whether a listing offers the upload form. The handler does not know who asks: with
         # --auth-scope write (the default) a GET is admitted without looking at credentials,
@@ -91,7 +101,7 @@ class Handler:
             config.public and config.auth_file is None and not config.allow_anonymous_writes
         )
 
-    def begin(self, req: Request, wall: float) -> Response | Upload:
+    def begin(self, req: Request, wall: float) -> Response | Upload | FormUpload:
         """Start answering ``req``: a complete plan, or an upload awaiting its body.
 
         ``wall`` is the wall-clock time the Date header shows (Last-Modified may not be later).
@@ -103,18 +113,32 @@ class Handler:
             return self._get(req, wall)
         if method == _PUT and not self.config.read_only:
             return self._begin_put(req, wall)
+        if method == _POST and not self.config.read_only:
+            return self._begin_post(req)
         if method == _DELETE and self.config.allow_delete and not self.config.read_only:
             return self._delete(req, wall)
         if method == _OPTIONS:
-            resp = Response(HTTPStatus.OK, [(b"Allow", self.allow), (b"Content-Length", b"0")])
-            return resp
+            allow = self._allow(req)
+            return Response(HTTPStatus.OK, [(b"Allow", allow), (b"Content-Length", b"0")])
         if method == _PUT or method in _KNOWN_NOT_ALLOWED:
             raise HttpError(
                 HTTPStatus.METHOD_NOT_ALLOWED,
                 f"{method.decode('ascii')} is not allowed here",
-                headers=((b"Allow", self.allow),),
+                headers=((b"Allow", self._allow(req)),),
             )
         raise HttpError(HTTPStatus.NOT_IMPLEMENTED, "unknown method")
+
+    def _allow(self, req: Request) -> bytes:
+        """The Allow value for the request's target (see ``allow_files``). A ``stat``: only
+        OPTIONS and 405 answers pay it."""
+        if self.allow == self.allow_files or not req.path.startswith(b"/"):
+            return self.allow_files
+        try:
+            segments, _ = decode_segments(req.path)
+        except HttpError:
+            return self.allow_files
+        is_folder = os.path.isdir(under_root(self.root_real, segments))
+        return self.allow if is_folder else self.allow_files
 
     # GET and HEAD
 
@@ -381,7 +405,51 @@ class Handler:
         if evaluate(_PUT, req.get, etag, modified) is Outcome.PRECONDITION_FAILED:
             raise _precondition_failed()
 
-    def finish_upload(self, upload: Upload, req: Request) -> Response:
+    # POST: a form upload into a folder (see form_upload.py)
+
+    def _begin_post(self, req: Request) -> FormUpload:
+        # Refusals before the body is read do not force a close: the connection closes anyway
+        # when a body was announced and is left unread, and keeps a bodiless request's.
+        segments, _ = decode_segments(req.path)
+        try:
+            check_hidden(segments, self.config.dotfiles)
+        except HttpError:
+            raise HttpError(HTTPStatus.FORBIDDEN, "hidden names cannot be written") from None
+        try:
+            folder_fd = open_folder(self.root_real, segments)
+        except HttpError as exc:
+            if exc.status != HTTPStatus.CONFLICT:
+                raise
+            # open_folder's 409 means "no such folder": a file there is not a place to post
+            # to (405, its Allow without POST), nothing there is a 404.
+            if os.path.lexists(under_root(self.root_real, segments)):
+                raise HttpError(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    "POST uploads go to a folder's URL",
+                    headers=((b"Allow", self.allow_files),),
+                ) from None
+            raise HttpError(HTTPStatus.NOT_FOUND, "no such folder") from None
+        try:
+            if not req.chunked and req.get(b"content-length") is None:
+                raise HttpError(HTTPStatus.LENGTH_REQUIRED, "POST needs Content-Length or chunked")
+            boundary = boundary_from_content_type(req.get(b"content-type"))
+        except BaseException:
+            os.close(folder_fd)
+            raise
+        # The folder's canonical URL, re-encoded from the decoded segments (never "//...").
+        location = "/" + "".join(quote(s, safe="") + "/" for s in segments)
+        return FormUpload(
+            folder_fd,
+            boundary,
+            location.encode("ascii"),
+            fsync=self.config.fsync,
+            dotfiles=self.config.dotfiles,
+            json_answer=wants_json(req.get(b"accept")),
+        )
+
+    def finish_upload(self, upload: Upload | FormUpload, req: Request) -> Response:
+        if isinstance(upload, FormUpload):
+            return upload.finish()
         if any(req.get(name) is not None for name in _CONDITIONS):
             # Another PUT or DELETE may have finished while this body arrived: check again
             # just before the rename, so If-Match really prevents a lost update.

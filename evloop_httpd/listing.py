@@ -226,12 +226,14 @@ def _header(view: View) -> str:
     return "<tr>" + "".join(cells) + "</tr>"
 
 
+# The overwrite box comes before the file input: a browser sends the fields in tree order, and
+# the server decides each file part as it starts (form_upload.py), so it must know by then.
 _UPLOAD_FORM = """<form id="upload" method="post" enctype="multipart/form-data" action="./">
 <fieldset><legend>Upload files into this folder</legend>
-<p><label for="files">Files:</label>
-<input id="files" type="file" name="file" multiple required></p>
 <p><input id="overwrite" type="checkbox" name="overwrite" value="1">
 <label for="overwrite">Overwrite files of the same name</label></p>
+<p><label for="files">Files:</label>
+<input id="files" type="file" name="file" multiple required></p>
 <p id="drop" hidden>Or drop files anywhere on this page.</p>
 <p><button type="submit">Upload</button></p>
 </fieldset>

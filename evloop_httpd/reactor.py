@@ -360,7 +360,15 @@ class Server:
         if host is not None:
             addr = (host, *addr[1:])
         tls = self.tls
-        conn = Connection(self.ctx, now, addr, local, next(self._ids), handshake=tls is not None)
+        conn = Connection(
+            self.ctx,
+            now,
+            addr,
+            local,
+            next(self._ids),
+            handshake=tls is not None,
+            proxy=self.config.proxy_protocol,
+        )
         t: Transport
         if tls is None:
             t = Transport(sock, conn, self.config.use_sendfile)
@@ -475,13 +483,17 @@ class Server:
             # on a reload (see supervisor.py) dropping it would fail a request. Over TLS, the
             # close sends close_notify (see tls.py).
             if not t.pending and conn.state in (
+                S.PROXY_HEADER,
                 S.HANDSHAKING,
                 S.READING_HEADERS,
                 S.AUTHENTICATING,
                 S.READING_BODY,
                 S.WRITING_CONTINUE,
             ):
-                if conn.state is S.READING_HEADERS and not conn.inbuf:
+                # A connection still in its PROXY header has not sent its request either.
+                if (
+                    conn.state is S.READING_HEADERS and not conn.inbuf
+                ) or conn.state is S.PROXY_HEADER:
                     if t.input_waits():
                         continue
                     if now - conn.phase_start < STOP_GRACE_S:

@@ -10,7 +10,11 @@ state and never reason about HTTP. Nothing here does anything: this module is th
 code runs and the one :mod:`diagram` draws (docs/state-machine.md), so the picture cannot drift
 from it.
 
-A connection over TLS starts in HANDSHAKING; a plain one in READING_HEADERS.
+A connection over TLS starts in HANDSHAKING; a plain one in READING_HEADERS. With
+``--proxy-protocol`` either starts in PROXY_HEADER instead, and leaves it for the state it would
+have started in once the load balancer's PROXY header is read (``PROXY_DONE`` /
+``PROXY_DONE_TLS``); a malformed header (``PROXY_REFUSED``), an end of stream or the head
+deadline closes it, with no response: the peer is a balancer, not a browser.
 
 Interest, honestly
 ------------------
@@ -58,6 +62,7 @@ class ConnState(Enum):
     # __hash__ is Python code, and the transition table is consulted several times a request.
     __hash__ = object.__hash__
 
+    PROXY_HEADER = "reading the PROXY protocol header"
     HANDSHAKING = "TLS handshake"
     READING_HEADERS = "reading headers"
     AUTHENTICATING = "awaiting a password check"
@@ -72,6 +77,9 @@ class ConnState(Enum):
 class Input(Enum):
     __hash__ = object.__hash__
 
+    PROXY_DONE = "PROXY header read, HTTP follows"
+    PROXY_DONE_TLS = "PROXY header read, TLS follows"
+    PROXY_REFUSED = "malformed PROXY header"
     HANDSHAKE_DONE = "TLS handshake complete"
     PLAIN_HTTP = "plain HTTP on the TLS port, 400 ready"
     HEAD_COMPLETE = "head complete, response ready"
@@ -94,6 +102,12 @@ S = ConnState
 I = Input  # noqa: E741 - the table below reads better with one-letter aliases
 
 TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
+    (S.PROXY_HEADER, I.PROXY_DONE): S.READING_HEADERS,
+    (S.PROXY_HEADER, I.PROXY_DONE_TLS): S.HANDSHAKING,
+    (S.PROXY_HEADER, I.PROXY_REFUSED): S.CLOSED,
+    (S.PROXY_HEADER, I.PEER_EOF): S.CLOSED,
+    (S.PROXY_HEADER, I.TIMEOUT): S.CLOSED,
+    (S.PROXY_HEADER, I.ABORT): S.CLOSED,
     (S.HANDSHAKING, I.HANDSHAKE_DONE): S.READING_HEADERS,
     (S.HANDSHAKING, I.PLAIN_HTTP): S.WRITING_HEADERS,
     (S.HANDSHAKING, I.PEER_EOF): S.CLOSED,
@@ -135,6 +149,7 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
 }
 
 INTEREST: dict[ConnState, int] = {
+    S.PROXY_HEADER: READ,
     S.HANDSHAKING: READ,  # the ClientHello; the TLS transport asks for write when OpenSSL does
     S.READING_HEADERS: READ,
     # Nothing: the verdict comes on the verifier's socket, and bytes the client sends meanwhile

@@ -42,6 +42,7 @@ th, td { padding: 1px 8px; text-align: left; white-space: nowrap; }
 td.num { text-align: right; }
 td.req { max-width: 40em; overflow: hidden; text-overflow: ellipsis; font-family: monospace; }
 th { border-bottom: 1px solid #999; }
+.st-PROXY_HEADER { background: #efe7fd; }
 .st-HANDSHAKING { background: #efe7fd; }
 .st-READING_HEADERS { background: #e8f0fe; }
 .st-AUTHENTICATING { background: #fde7f3; }
@@ -57,8 +58,8 @@ th { border-bottom: 1px solid #999; }
 _SCRIPT = """
 "use strict";
 const POLL_MS = @POLL_MS@;
-const STATES = ["HANDSHAKING", "READING_HEADERS", "AUTHENTICATING", "WRITING_CONTINUE",
-  "READING_BODY", "WRITING_HEADERS", "STREAMING_FILE", "LINGERING"];
+const STATES = ["PROXY_HEADER", "HANDSHAKING", "READING_HEADERS", "AUTHENTICATING",
+  "WRITING_CONTINUE", "READING_BODY", "WRITING_HEADERS", "STREAMING_FILE", "LINGERING"];
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n).toLocaleString("en");
 

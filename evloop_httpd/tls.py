@@ -52,7 +52,7 @@ import contextlib
 import os
 import socket
 import ssl
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from .states import READ, WRITE, ConnState
 from .transport import CLOSE, RECV_BYTES, Transport
@@ -183,6 +183,11 @@ class TlsTransport(Transport):
         # to read), so both are retried: the pump after this, the read here.
         self.want = 0
         conn = self.conn
+        if conn.state is S.PROXY_HEADER:
+            # Before the ClientHello: read on the raw socket, never a byte past the header.
+            self.read_proxy_header(now)
+            if cast(ConnState, conn.state) is not S.HANDSHAKING:  # mypy narrowed it
+                return
         if conn.state is S.HANDSHAKING:
             self._handshake(now)
             if not conn.handshaken or self.want:

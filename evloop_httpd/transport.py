@@ -35,6 +35,14 @@ So the selector interest is the connection's (``INTEREST[state]``) except while 
 has a need of its own: held-back bytes to flush (write), or, in :mod:`tls`, a TLS record to
 finish in the other direction. :meth:`Transport.settle` returns that combined mask.
 
+**The PROXY header** (``--proxy-protocol``) comes first on the wire, before the first request
+or the TLS ClientHello. It is read without ever taking a byte past it: the transport *peeks*
+at what is there (``MSG_PEEK``), the connection parses that and says how many bytes are the
+header's (:meth:`Connection.proxy_bytes`), and the transport takes exactly those. So what
+follows stays in the kernel for the HTTP parser or OpenSSL (which reads the descriptor itself
+and could not be handed bytes already taken), and a header trickled in pieces leaves nothing
+unread behind it for the selector to report again.
+
 One call to :meth:`Transport.pump` sends until the kernel refuses or ``PUMP_BUDGET`` sends
 have been made, so one fast client downloading a large file, or sending a deep pipeline, cannot
 keep the loop from everyone else.
@@ -49,8 +57,9 @@ import os
 import socket
 import struct
 import termios
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
+from .proxyproto import MAX_V2_BYTES
 from .states import READ, WRITE, ConnState
 
 if TYPE_CHECKING:
@@ -131,6 +140,11 @@ class Transport:
         """The selector reported ``mask``: read if the connection wants input."""
         conn = self.conn
         if mask & READ and conn.interest & READ:
+            if conn.state is S.PROXY_HEADER:
+                self.read_proxy_header(now)
+                if cast(ConnState, conn.state) is not S.READING_HEADERS:  # mypy narrowed it
+                    return
+                # The first request often comes in the same segment as the header.
             # read(), inline: this is the path of every request.
             try:
                 data = self.sock.recv(RECV_BYTES)  # type: ignore[union-attr]
@@ -177,6 +191,31 @@ class Transport:
             self.conn.abort()
             return
         self.conn.receive(data, now)
+
+    def read_proxy_header(self, now: float) -> None:
+        """PROXY_HEADER: peek, let the connection parse, take exactly the header's bytes."""
+        conn = self.conn
+        sock = self.sock
+        assert sock is not None
+        try:
+            # The largest header we accept; MSG_PEEK leaves everything where it is.
+            data = sock.recv(MAX_V2_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            conn.ctx.observer.debug(f"#{conn.ident} recv: {exc}")
+            conn.abort()
+            return
+        take = conn.proxy_bytes(data, now)
+        if not take:
+            return
+        try:
+            taken = len(sock.recv(take))  # the peek saw them: they are there
+        except OSError as exc:
+            taken = -1
+            conn.ctx.observer.debug(f"#{conn.ident} recv: {exc}")
+        if taken != take:
+            conn.abort()
 
     def pump(self, now: float) -> None:
         """Send what the connection has to send until the kernel refuses or the budget ends:

@@ -45,11 +45,25 @@ class Upload:
     """One PUT in progress. Call :meth:`write` for each piece, then :meth:`commit` or
     :meth:`abort`; after either, the object holds no descriptor and no temp file."""
 
-    __slots__ = ("_dir", "_fd", "_fsync", "_kicked", "_synced", "_tmp", "name", "written")
+    __slots__ = (
+        "_dir",
+        "_fd",
+        "_fsync",
+        "_kicked",
+        "_owns_dir",
+        "_synced",
+        "_tmp",
+        "name",
+        "written",
+    )
 
-    def __init__(self, folder_fd: int, name: str, *, fsync: bool) -> None:
-        """Takes ownership of ``folder_fd`` (see :func:`files.open_folder`), even on error."""
+    def __init__(self, folder_fd: int, name: str, *, fsync: bool, own_dir: bool = True) -> None:
+        """Takes ownership of ``folder_fd`` (see :func:`files.open_folder`), even on error,
+        unless ``own_dir`` is False: then the caller keeps it (a form upload writes several
+        files into one folder through one descriptor) and must keep it open until this upload
+        is committed or aborted."""
         self._dir = folder_fd
+        self._owns_dir = own_dir
         self.name = name
         self._fsync = fsync
         self.written = 0
@@ -59,8 +73,7 @@ class Upload:
             self._fd = os.open(self._tmp, _CREATE_FLAGS, 0o666, dir_fd=folder_fd)
         except OSError as exc:
             self._fd = -1
-            os.close(folder_fd)
-            self._dir = -1
+            self._close_dir()
             raise os_error_to_http(exc) from None
         # A replaced file keeps its read, write and execute bits (a script stays executable, a
         # private file private) but never setuid, setgid or sticky: the new file belongs to the
@@ -112,15 +125,27 @@ class Upload:
             self.abort()
             raise os_error_to_http(exc) from None
 
-    def commit(self) -> tuple[bool, bytes]:
-        """Move the body into place. Returns (created, new ETag)."""
+    def commit(self, *, replace: bool = True) -> tuple[bool, bytes]:
+        """Move the body into place. Returns (created, new ETag).
+
+        With ``replace`` False an existing target is never overwritten, atomically: the temp
+        file is hard-linked to the name (``link`` fails with EEXIST whatever appeared since any
+        check) and then unlinked; a 409 says so. On a filesystem without hard links, the check
+        and the ``os.replace`` are two steps, and a file created between them is replaced.
+        """
         fd = self._fd
         try:
             if self._fsync:
                 os.fsync(fd)
             etag = strong_etag(os.fstat(fd))
             created = self.target_stat() is None
-            os.replace(self._tmp, self.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+            if replace or not self._link_new():
+                os.replace(self._tmp, self.name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        except FileExistsError:
+            self.abort()
+            raise HttpError(
+                HTTPStatus.CONFLICT, f"{self.name!a} exists (not overwritten)"
+            ) from None
         except IsADirectoryError:
             self.abort()
             raise HttpError(HTTPStatus.CONFLICT, "the target is a directory", close=True) from None
@@ -133,9 +158,35 @@ class Upload:
             if self._fsync:
                 _fsync_dir(self._dir)
         finally:
-            os.close(self._dir)
-            self._dir = -1
+            self._close_dir()
         return created, etag
+
+    def _link_new(self) -> bool:
+        """Hard-link the temp file to the target name, then drop the temp name. False when the
+        filesystem has no hard links (the caller then falls back on a checked replace);
+        FileExistsError when the target exists."""
+        try:
+            os.link(
+                self._tmp,
+                self.name,
+                src_dir_fd=self._dir,
+                dst_dir_fd=self._dir,
+                follow_symlinks=False,
+            )
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+                if self.target_stat() is not None:
+                    raise FileExistsError(errno.EEXIST, "exists") from None
+                return False
+            raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp, dir_fd=self._dir)
+        return True
+
+    def _close_dir(self) -> None:
+        if self._owns_dir and self._dir >= 0:
+            os.close(self._dir)
+        self._dir = -1
 
     def abort(self) -> None:
         """Drop the upload: close and unlink the temp file. Safe to call more than once."""
@@ -145,8 +196,7 @@ class Upload:
         self._fd = -1
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp, dir_fd=self._dir)
-        os.close(self._dir)
-        self._dir = -1
+        self._close_dir()
 
 
 def lstat_in(folder_fd: int, name: str) -> os.stat_result | None:

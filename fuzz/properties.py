@@ -398,6 +398,9 @@ class _Recorder:
     def bug(self, conn: object, exc: BaseException) -> None:
         self.bugs.append(exc)
 
+    def debug(self, text: str) -> None:
+        pass
+
 
 _ROOT: Path | None = None
 
@@ -417,7 +420,10 @@ def check_connection(chunks: list[bytes], writes: list[int], limits: Limits = LI
     A write size that is a multiple of 97 fires the timer past the deadline instead; an odd one
     in LINGERING, with no input left, reports the socket drained. In HANDSHAKING (a first size
     that is a multiple of 5 starts there), a multiple of 3 is plain HTTP on the TLS port, any
-    other size the end of the handshake.
+    other size the end of the handshake. A first size that is a multiple of 7 starts in
+    PROXY_HEADER (``--proxy-protocol``): each step shows the connection the next chunk, as
+    a peek, and takes off what it says is the header's; a multiple of 14 puts a valid v1
+    header before the chunks.
     """
     recorder = _Recorder()
     # A first write size that is a multiple of 5 makes it a TLS connection: it starts in
@@ -426,7 +432,10 @@ def check_connection(chunks: list[bytes], writes: list[int], limits: Limits = LI
     ctx = Context(
         Config(root=_root(), limits=limits, quiet=True), recorder, b"https" if tls else b"http"
     )
-    conn = Connection(ctx, now=0.0, handshake=tls)
+    proxy = bool(writes) and writes[0] % 7 == 0
+    if proxy and writes[0] % 14 == 0:
+        chunks = [b"PROXY TCP4 192.0.2.1 192.0.2.2 1 2\r\n", *chunks]
+    conn = Connection(ctx, now=0.0, handshake=tls, proxy=proxy)
     parses = 0
     real_parse = connection_module.parse_head
 
@@ -473,6 +482,15 @@ def _drive(
             # Now and then the reactor's timer fires past the deadline instead.
             now = max(now, conn.deadline) + 0.001
             conn.on_timeout(now)
+        elif state is ConnState.PROXY_HEADER:
+            peek = pending[-1] if pending else b""
+            take = conn.proxy_bytes(peek, now)
+            assert 0 <= take <= len(peek)
+            assert len(conn.inbuf) < 4096, "PROXY header buffer past its bound"
+            if pending:
+                pending[-1] = peek[take:]
+                if not pending[-1]:
+                    pending.pop()
         elif state is ConnState.HANDSHAKING:
             if size % 3 == 0:
                 conn.refuse_plain(pending[-1][:8] if pending else b"", now)

@@ -102,7 +102,8 @@ def test_interest_follows_state_alone() -> None:
 
 
 def test_every_state_is_reachable_and_can_close() -> None:
-    reachable = {S.READING_HEADERS, S.HANDSHAKING}  # where plain and TLS connections start
+    # Where plain, TLS and PROXY-protocol connections start.
+    reachable = {S.READING_HEADERS, S.HANDSHAKING, S.PROXY_HEADER}
     changed = True
     while changed:
         changed = False

@@ -19,13 +19,17 @@ instructions instead (the difference between two counts removes start-up)::
         python tests/benchmarks/request_bench.py --rounds 20 --mode pipelined
     valgrind ... --rounds 220 ...   # then (I_220 - I_20) / (200 * 16) per request
 
+``--forwarded`` serves as behind a trusted proxy: the peer 127.0.0.1 is a ``--trusted-proxy``
+and each request carries ``X-Forwarded-For`` (what finding the client per request costs).
+
 Usage: ``python tests/benchmarks/request_bench.py [--mode keepalive|pipelined|both]
-[--kind ok|missing|notmod]``
+[--kind ok|missing|notmod] [--forwarded]``
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 import tempfile
 import time
@@ -41,6 +45,7 @@ from evloop_httpd.transport import Transport
 
 REQUEST = b"GET %s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n%s\r\n"  # what wrk sends, + a field
 KINDS = ("ok", "missing", "notmod")
+FORWARDED = b"X-Forwarded-For: 203.0.113.9, 198.51.100.7\r\n"
 DEPTH = 16
 
 
@@ -71,19 +76,24 @@ class Sink:
         return sum(len(b) for b in buffers)
 
 
-def request_for(root: Path, kind: str) -> tuple[bytes, bytes]:
+def request_for(root: Path, kind: str, forwarded: bool = False) -> tuple[bytes, bytes]:
     """The request of one ``kind`` (see the module docstring) and the status it must get."""
+    extra = FORWARDED if forwarded else b""
     if kind == "missing":
-        return REQUEST % (b"/no-such.bin", b""), b"404"
+        return REQUEST % (b"/no-such.bin", extra), b"404"
     if kind == "notmod":
         etag = strong_etag((root / "small.bin").stat())
-        return REQUEST % (b"/small.bin", b"If-None-Match: " + etag + b"\r\n"), b"304"
-    return REQUEST % (b"/small.bin", b""), b"200"
+        return REQUEST % (b"/small.bin", extra + b"If-None-Match: " + etag + b"\r\n"), b"304"
+    return REQUEST % (b"/small.bin", extra), b"200"
 
 
-def run(root: Path, depth: int, rounds: int, request: bytes, expected: bytes) -> float:
+def run(
+    root: Path, depth: int, rounds: int, request: bytes, expected: bytes, forwarded: bool = False
+) -> float:
     """Seconds of CPU per request, serving ``rounds`` batches of ``depth`` requests."""
-    conn = Connection(Context(Config(root=root), Quiet()), 0.0)
+    trusted = (ipaddress.ip_network("127.0.0.1/32"),) if forwarded else ()
+    config = Config(root=root, trusted_proxies=trusted)
+    conn = Connection(Context(config, Quiet()), 0.0, ("127.0.0.1", 40000))
     sink = Sink()
     transport = Transport(sink, conn, use_sendfile=True)  # type: ignore[arg-type]
     batch = request * depth
@@ -101,19 +111,20 @@ def main() -> None:
     parser.add_argument("--mode", choices=("keepalive", "pipelined", "both"), default="both")
     parser.add_argument("--kind", choices=KINDS, default="ok", help="200, 404 or 304")
     parser.add_argument("--rounds", type=int, default=0, help="batches (default: about 2 s)")
+    parser.add_argument("--forwarded", action="store_true", help="behind a trusted proxy")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()
         (root / "small.bin").write_bytes(bytes(range(256)) * 4)
-        request, expected = request_for(root, args.kind)
+        request, expected = request_for(root, args.kind, args.forwarded)
         # A folder changed in the last few ticks cannot vouch for a missing name (the response
         # cache's racy rule, fastpath.RACY_S): let the new one age, as any served folder has.
         time.sleep(0.2)
         for mode in ("keepalive", "pipelined") if args.mode == "both" else (args.mode,):
             depth = DEPTH if mode == "pipelined" else 1
-            run(root, depth, 10, request, expected)  # fill the response cache
+            run(root, depth, 10, request, expected, args.forwarded)  # fill the response cache
             rounds = args.rounds or max(1, 64_000 // depth)
-            cost = run(root, depth, rounds, request, expected)
+            cost = run(root, depth, rounds, request, expected, args.forwarded)
             count = rounds * depth
             cpu = f"{cost * 1e6:6.2f} us of CPU per request"
             print(f"{args.kind} {mode:>9}: {cpu} ({count} requests)")

@@ -1,0 +1,98 @@
+"""Headless Chromium for end-to-end tests, through Selenium and Debian's chromium-driver.
+
+Use the ``chrome`` fixture (re-exported by tests that need it: ``from .browser import chrome``)::
+
+    def test_page(chrome: ChromeFactory) -> None:
+        driver = chrome()                      # JavaScript on
+        driver = chrome(javascript=False)      # a browser with JavaScript off
+        driver = chrome(args=["--ignore-certificate-errors-spki-list=..."])
+
+Every browser gets a fresh profile (its own ``--user-data-dir``) and is quit at teardown. The
+flags are those a root user in a container needs (no sandbox, no GPU, no /dev/shm) and keep it
+off the network (no background requests, component updates or sync): the machine has only
+loopback. A missing chromium or chromedriver fails the test under CI (``CI=true``), where the
+browser tests must run (.ci/run installs them), and skips it elsewhere with the command to fix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from ..helpers import DEADLINE_S
+
+ChromeFactory = Callable[..., WebDriver]
+
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # as root in a container there is no user namespace to sandbox with
+    "--disable-gpu",
+    "--disable-dev-shm-usage",  # /dev/shm is small in containers
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-proxy-server",
+    "--window-size=1024,768",
+)
+
+
+def find_chromium() -> tuple[str, str]:
+    """Paths of the browser and its driver; fails under CI, skips elsewhere, when missing."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if browser is None or driver is None:
+        why = "chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return browser, driver
+
+
+def wait_for(driver: WebDriver, predicate: Callable[[WebDriver], object]) -> object:
+    """Wait (at most ``DEADLINE_S``) until ``predicate(driver)`` is truthy; return its value.
+
+    An element gone stale (the page reloaded while the predicate looked) means "not yet"."""
+    wait = WebDriverWait(
+        driver,
+        DEADLINE_S,
+        poll_frequency=0.05,
+        ignored_exceptions=(StaleElementReferenceException,),
+    )
+    return wait.until(predicate)
+
+
+@pytest.fixture
+def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromeFactory]:
+    browser, driver_path = find_chromium()
+    drivers: list[WebDriver] = []
+
+    def make(*, javascript: bool = True, args: Sequence[str] = ()) -> WebDriver:
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        profile: Path = tmp_path_factory.mktemp("chrome-profile")
+        for flag in (*FLAGS, f"--user-data-dir={profile}", *args):
+            options.add_argument(flag)
+        if not javascript:
+            options.add_experimental_option(
+                "prefs", {"profile.managed_default_content_settings.javascript": 2}
+            )
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+        driver.set_page_load_timeout(DEADLINE_S)
+        drivers.append(driver)
+        return driver
+
+    try:
+        yield make
+    finally:
+        for d in drivers:
+            d.quit()

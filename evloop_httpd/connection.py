@@ -201,7 +201,7 @@ class Context:
 
     def __init__(self, config: Config, observer: Observer, scheme: bytes = b"http") -> None:
         self.config = config
-        # Whether the reactor can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
+        # Whether the transport can tell what a client acknowledged (Linux SIOCOUTQ). If so, a
         # response's average rate is judged on that, not on what the kernel took: see _progress.
         self.acks_known = False
         self.uploads = 0  # PUTs and POSTs holding a temp file and a folder descriptor (Config)
@@ -245,11 +245,12 @@ class Connection:
         "inbuf",
         "keep_alive",
         "local",
-        "origin",
+        "client",
+        "origin_host",
+        "origin_port",
         "out",
         "out_pos",
         "parked",
-        "peer",
         "phase_bytes",
         "phase_acked",
         "phase_start",
@@ -303,7 +304,7 @@ class Connection:
         self.keep_alive = False
         self.status = 0
         self.sent = 0  # bytes of the current response on the wire
-        # Over the connection's life: bytes of responses the kernel took (or the reactor held
+        # Over the connection's life: bytes of responses the kernel took (or the transport held
         # back), and of those, the ones the client had acknowledged when the timer last looked.
         self.handed = 0
         self.delivered = 0
@@ -311,8 +312,13 @@ class Connection:
         self.phase_bytes = 0
         self.phase_acked = 0  # bytes the client acknowledged in this phase (see check_delivery)
         self.deadline = now + ctx.config.timeouts.head_s
-        self.peer = peer  # the current request's client (see "Addresses" above)
-        self.origin = peer  # the connection's: the socket's peer, or the PROXY header's client
+        # The connection's address as two fields, not the accept() tuple: the host string is
+        # shared between connections from one address (see reactor), and a tuple would cost 64
+        # bytes of each idle connection's 1 KiB. ``origin`` and ``peer`` rebuild it.
+        self.origin_host: str = peer[0]
+        self.origin_port: int = peer[1]
+        # This request's client when it is not ``origin`` (behind a trusted proxy), else None.
+        self.client: tuple[str, int] | None = None
         self.local = local
         self.ident = ident
         self.cut_short = False  # closed mid-response: the transport closes with RST, not FIN
@@ -325,6 +331,26 @@ class Connection:
         elif handshake:
             self.state = S.HANDSHAKING
             self.deadline = now + ctx.config.timeouts.handshake_s
+
+    @property
+    def origin(self) -> tuple[str, int]:
+        """Where the connection comes from: the socket's peer, or the PROXY header's client."""
+        return self.origin_host, self.origin_port
+
+    @origin.setter
+    def origin(self, address: tuple[str, int]) -> None:
+        self.origin_host, self.origin_port = address[0], address[1]
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        """The current request's client (see "Addresses" above)."""
+        client = self.client
+        return (self.origin_host, self.origin_port) if client is None else client
+
+    @peer.setter
+    def peer(self, address: tuple[str, int]) -> None:
+        same = address[0] == self.origin_host and address[1] == self.origin_port
+        self.client = None if same else (address[0], address[1])
 
     @property
     def interest(self) -> int:
@@ -361,7 +387,10 @@ class Connection:
         once without waiting for input; the transport may then hold this one back and send
         the batch in one call. Only for a whole, untouched in-memory response on a kept-alive
         connection (see :func:`more_follows`)."""
-        return self.out_pos == 0 and self.keep_alive and more_follows(self)
+        if self.out_pos or not self.keep_alive or self.file_remaining:
+            return False
+        inbuf = self.inbuf  # as more_follows(self), inline: this is asked once per response
+        return inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
 
     # What the transport tells.
 
@@ -419,7 +448,7 @@ class Connection:
     def streamed(self, n: int, now: float) -> None:
         """``sendfile`` (or its fallback) moved ``n`` bytes of the current file span.
 
-        In STREAMING_FILE the reactor sends :attr:`out` first when it is not empty (a multipart
+        In STREAMING_FILE the transport sends :attr:`out` first when it is not empty (a multipart
         boundary), and the file span after it.
         """
         if n <= 0:
@@ -488,7 +517,7 @@ class Connection:
     def check_delivery(self, backlog: int, now: float) -> None:
         """Before a sending connection's expired deadline is judged: ``backlog`` bytes of what
         it sent are not yet acknowledged by the client (the kernel's send queue, and anything
-        the reactor held back).
+        the transport held back).
 
         Progress is otherwise counted when the kernel takes bytes, but a socket becomes
         writable again only once about a third of its send buffer has drained (Linux), and the
@@ -518,7 +547,7 @@ class Connection:
             self._advance(now)  # PREPARING included: its next steps
 
     def on_timeout(self, now: float) -> None:
-        """The reactor's timer fired; act only if our deadline really has passed."""
+        """The timer fired; act only if our deadline really has passed."""
         if self.state is S.CLOSED or now < self.deadline:
             return
         if self.parked and self.state is S.READING_HEADERS:
@@ -581,7 +610,8 @@ class Connection:
         # LOCAL (the balancer's own health check), UNKNOWN, UNSPEC and AF_UNIX name no IP
         # client: the socket's address stands.
         if source is not None and isinstance(source[0], str) and source[1] is not None:
-            self.peer = self.origin = (source[0], source[1])
+            self.origin = (source[0], source[1])
+            self.client = None  # the peer is the origin
         ctx = self.ctx
         if ctx.trace:
             ctx.observer.debug(
@@ -663,7 +693,7 @@ class Connection:
         trusted = ctx.trusted
         if trusted is not None:
             self._find_client(req, trusted)
-        if req.raw_target[:1] != b"/" and _scheme_mismatch(req.raw_target, ctx.scheme):
+        if req.raw_target[0] != 47 and _scheme_mismatch(req.raw_target, ctx.scheme):  # not "/"
             raise HttpError(
                 HTTPStatus.MISDIRECTED_REQUEST,
                 f"this connection is {ctx.scheme.decode()}; the target names another scheme",
@@ -916,7 +946,7 @@ class Connection:
                     self.parked = True
         else:
             # If the client itself asked for the close and nothing of it is buffered, it will
-            # send nothing more; the reactor may then skip the drain (see drained()).
+            # send nothing more; the transport may then skip the drain (see drained()).
             self.peer_done = req is not None and not req.keep_alive and not self.inbuf
             self._fire(I.RESPONSE_DONE_CLOSE)
             self.inbuf.clear()
@@ -940,7 +970,7 @@ class Connection:
         megabytes at once into a send buffer it grows on a fast path, and counting those let a
         client reading at half the minimum rate keep its slot ten times as long as it should
         (and at the defaults, a trickling reader about an hour). So the deadline comes when
-        the acknowledged bytes run out; the reactor then asks the kernel, and a client that
+        the acknowledged bytes run out; the transport then asks the kernel, and a client that
         did keep up gets a later deadline.
         """
         t = self.ctx.config.timeouts

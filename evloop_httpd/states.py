@@ -5,9 +5,10 @@ Theory of operation
 A connection is always in exactly one :class:`ConnState` and moves only when an :class:`Input`
 happens to it. ``TRANSITIONS`` maps each allowed (state, input) pair to the next state; a pair
 missing from it is a bug, and :mod:`connection` then closes the connection. ``INTEREST`` says
-what the reactor waits for in each state, so the reactor reads it off the state and never
-reasons about HTTP. Nothing here does anything: this module is the table the code runs and
-the one :mod:`diagram` draws (docs/state-machine.md), so the picture cannot drift from it.
+what the connection waits for in each state, so the transport and the reactor read it off the
+state and never reason about HTTP. Nothing here does anything: this module is the table the
+code runs and the one :mod:`diagram` draws (docs/state-machine.md), so the picture cannot drift
+from it.
 
 A connection over TLS starts in HANDSHAKING; a plain one in READING_HEADERS. With
 ``--proxy-protocol`` either starts in PROXY_HEADER instead, and leaves it for the state it would

@@ -164,6 +164,8 @@ class TlsTransport(Transport):
     __slots__ = ("context", "filebuf", "want", "wrapped")
 
     can_sendfile: ClassVar[bool] = False
+    may_buffer: ClassVar[bool] = True
+    send_direct: ClassVar[bool] = False
 
     def __init__(self, sock: socket.socket, conn: Connection, context: ssl.SSLContext) -> None:
         super().__init__(sock, conn, use_sendfile=False)

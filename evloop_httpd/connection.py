@@ -28,7 +28,7 @@ calls, each given the current time:
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
 
-A parsed request is answered from the response cache (:mod:`fastpath`) when that can be done
+A parsed request is answered from the response cache (:mod:`response_cache`) when that can be done
 safely, else by the handler; either way the answer is a :class:`Response` plan.
 
 ``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
@@ -58,9 +58,9 @@ from .auth import PENDING, Gate
 from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
-from .fastpath import ResponseCache
 from .handler import Handler
 from .parser import Request, parse_head
+from .response_cache import ResponseCache
 from .responses import (
     CONTINUE,
     DateCache,

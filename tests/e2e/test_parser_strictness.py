@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..helpers import TINY_RECV, Client, RunningServer, running
+from ..helpers import TINY_RECV, Client, RunningServer, get, running
 
 H = b"Host: t\r\n"
 GOOD = b"GET /hello.txt HTTP/1.1\r\n" + H + b"\r\n"
@@ -210,3 +210,25 @@ def test_bad_chunk_after_good_ones_aborts_the_upload(srv: RunningServer) -> None
         assert c.closed_by_peer()
         assert b"HTTP/1.1" not in c.buf
     assert not (srv.root / "partial.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ('If-None-Match: "x"' + "," * 16000, 200),
+        ("Range: bytes=0-1" + "," * 16000, 200),
+        ("Accept-Encoding: gzip" + "," * 16000, 200),
+        ("Connection: keep-alive" + "," * 16000, 400),
+        ("Accept-Encoding: " + ", " * 8000, 200),
+    ],
+)
+def test_packed_fields_get_a_clear_answer(tmp_path: Path, extra: str, status: int) -> None:
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    with running(tmp_path) as srv:
+        client = Client(srv.port, recv_size=4096)
+        client.send(get("/a.txt", extra + "\r\n"))
+        reply = client.read_response()
+        assert reply.status == status
+        if status == 200:
+            assert reply.body == b"hello"
+        client.sock.close()

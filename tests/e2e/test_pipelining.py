@@ -595,3 +595,32 @@ def test_a_delete_inside_a_batch_is_seen_by_the_gets_after_it(tmp_path: Path) ->
         batch = [get("/f.txt"), get("/f.txt", method="HEAD")] * 5
         got = bodies(c, [*batch, delete, *batch])
     assert [status for status, _ in got] == [200] * 10 + [204] + [404] * 10
+
+
+def test_a_put_inside_a_batch_is_seen_by_the_get_after_it(tmp_path: Path) -> None:
+    (tmp_path / "f.txt").write_bytes(b"old")
+    put = b"PUT /f.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nnew"
+    with running(tmp_path) as srv, Client(srv.port, recv_size=65536) as c:
+        c.send(get("/f.txt"))
+        assert c.read_response().body == b"old"  # now cached
+        c.send(get("/f.txt") + get("/f.txt") + put + get("/f.txt") + get("/f.txt"))
+        bodies = [c.read_response().body for _ in range(5)]
+        assert bodies == [b"old", b"old", b"", b"new", b"new"]
+
+
+def test_a_reader_that_stalls_gets_every_pipelined_byte(tmp_path: Path) -> None:
+    # Far more than the socket buffers hold: the batch's send is cut short and the rest waits
+    # for the client to read.
+    body = bytes(range(256)) * 12  # 3 KiB, kept in memory by the cache
+    (tmp_path / "f.bin").write_bytes(body)
+    count = 400
+    with running(tmp_path) as srv:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(DEADLINE_S)
+        sock.connect(("127.0.0.1", srv.port))
+        with Client(sock) as c:
+            c.send(get("/f.bin") * count)
+            replies = [c.read_response() for _ in range(count)]
+            assert all(r.status == 200 and r.body == body for r in replies)
+            assert c.buf == b""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from evloop_httpd import response_cache
 from evloop_httpd.connection import Context
 
-from ..helpers import RunningServer, get, request, running
+from ..helpers import Client, RunningServer, get, request, running
 
 
 def cache_of(srv: RunningServer) -> object:
@@ -118,3 +119,20 @@ def test_same_size_rewrite_with_its_mtime_set_back_is_seen(server: RunningServer
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert path.stat().st_mtime_ns == before.st_mtime_ns
     assert request(server.port, get("/hello.txt")).body == b"HELLO, WORLD\n"
+
+
+def test_many_accept_encoding_values_share_one_cache_entry(tmp_path: Path) -> None:
+    # History: the cache keyed on the raw Accept-Encoding, outside its byte budget: 1,100
+    # distinct 30 KiB values held 36 MB of keys, and each value took an entry of its own.
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    with running(tmp_path) as srv:
+        client = Client(srv.port, recv_size=4096)
+        for i in range(300):
+            value = f"gzip;q=0.{i % 1000:03d}, x-{i}" + ", " * 2000 * (i % 2)
+            client.send(get("/a.txt", f"Accept-Encoding: {value}\r\n"))
+            assert client.read_response().body == b"hello"
+        client.sock.close()
+        entries = srv.server.ctx.cache._entries
+        assert len(entries) <= 2  # gzip acceptable or not: the same file either way
+        assert sum(len(repr(key)) for key in entries) < 200
+        assert len(srv.server.ctx.cache._profiles) <= response_cache.PROFILE_MEMO_ENTRIES

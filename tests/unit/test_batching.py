@@ -1,7 +1,8 @@
 """Pipelined responses held back and sent as one batch, and one cache check shared by a batch.
 
 The reactor's pump is driven with a fake socket, so the number of send calls and the exact
-bytes can be asserted; the end-to-end tests check the same over loopback.
+bytes can be asserted; the end-to-end tests (e2e/test_pipelining.py) check the same over
+loopback.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from evloop_httpd.reactor import Server
 from evloop_httpd.states import READ, ConnState
 from evloop_httpd.transport import STAGE_BYTES, Transport
 
-from ..helpers import DEADLINE_S, Client, get, make_config, running
+from ..helpers import DEADLINE_S, get, make_config
 
 S = ConnState
 
@@ -147,35 +148,6 @@ def test_one_stat_vouches_for_a_batch_but_not_for_later_input(
     t.conn.receive(get("/a.txt"), 0.0)
     pump_until_idle(server, t)
     assert len(stats) == 2  # bytes that arrived later get a check of their own
-
-
-def test_a_put_inside_a_batch_is_seen_by_the_get_after_it(tmp_path: Path) -> None:
-    (tmp_path / "f.txt").write_bytes(b"old")
-    put = b"PUT /f.txt HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nnew"
-    with running(tmp_path) as srv, Client(srv.port, recv_size=65536) as c:
-        c.send(get("/f.txt"))
-        assert c.read_response().body == b"old"  # now cached
-        c.send(get("/f.txt") + get("/f.txt") + put + get("/f.txt") + get("/f.txt"))
-        bodies = [c.read_response().body for _ in range(5)]
-        assert bodies == [b"old", b"old", b"", b"new", b"new"]
-
-
-def test_a_reader_that_stalls_gets_every_pipelined_byte(tmp_path: Path) -> None:
-    # Far more than the socket buffers hold: the batch's send is cut short and the rest waits
-    # for the client to read.
-    body = bytes(range(256)) * 12  # 3 KiB, kept in memory by the cache
-    (tmp_path / "f.bin").write_bytes(body)
-    count = 400
-    with running(tmp_path) as srv:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(DEADLINE_S)
-        sock.connect(("127.0.0.1", srv.port))
-        with Client(sock) as c:
-            c.send(get("/f.bin") * count)
-            replies = [c.read_response() for _ in range(count)]
-            assert all(r.status == 200 and r.body == body for r in replies)
-            assert c.buf == b""
 
 
 class Trickle(FakeSocket):

@@ -4,23 +4,20 @@ Accept-Encoding negotiates, not on its raw value.
 
 Over the bound: If-None-Match and If-Match are unreadable (no 304; 412 for If-Match), Range is
 ignored (200), Accept-Encoding and Accept are ignored (identity, HTML); the framing lists are a
-400 (D14, in test_oracle_h11.py).
+400 (D14, in test_oracle_h11.py). The same over loopback: e2e/test_parser_strictness.py (packed
+fields) and e2e/test_response_cache.py (one entry for many Accept-Encoding values).
 """
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 
-from evloop_httpd import response_cache
 from evloop_httpd.conditional import Outcome, evaluate, parse_etags
 from evloop_httpd.grammar import MAX_LIST_ELEMENTS
 from evloop_httpd.negotiate import SIDECARS, choose_coding, preference, qvalues, wants_json
 from evloop_httpd.ranges import parse_range, plan_ranges
-
-from ..helpers import Client, get, running
 
 PACKED = b"," * MAX_LIST_ELEMENTS  # with one element on either side: one too many
 ALMOST = b"," * (MAX_LIST_ELEMENTS - 1)  # the most that is still read
@@ -81,42 +78,3 @@ def test_preference_decides_as_choose_coding_does(value: bytes) -> None:
             first = next((c for c in preference(value) if c in available), None)
             assert chosen == first, (value, available)
     assert preference(None) == ()
-
-
-def test_many_accept_encoding_values_share_one_cache_entry(tmp_path: Path) -> None:
-    # History: the cache keyed on the raw Accept-Encoding, outside its byte budget: 1,100
-    # distinct 30 KiB values held 36 MB of keys, and each value took an entry of its own.
-    (tmp_path / "a.txt").write_bytes(b"hello")
-    with running(tmp_path) as srv:
-        client = Client(srv.port, recv_size=4096)
-        for i in range(300):
-            value = f"gzip;q=0.{i % 1000:03d}, x-{i}" + ", " * 2000 * (i % 2)
-            client.send(get("/a.txt", f"Accept-Encoding: {value}\r\n"))
-            assert client.read_response().body == b"hello"
-        client.sock.close()
-        entries = srv.server.ctx.cache._entries
-        assert len(entries) <= 2  # gzip acceptable or not: the same file either way
-        assert sum(len(repr(key)) for key in entries) < 200
-        assert len(srv.server.ctx.cache._profiles) <= response_cache.PROFILE_MEMO_ENTRIES
-
-
-@pytest.mark.parametrize(
-    ("extra", "status"),
-    [
-        ('If-None-Match: "x"' + "," * 16000, 200),
-        ("Range: bytes=0-1" + "," * 16000, 200),
-        ("Accept-Encoding: gzip" + "," * 16000, 200),
-        ("Connection: keep-alive" + "," * 16000, 400),
-        ("Accept-Encoding: " + ", " * 8000, 200),
-    ],
-)
-def test_packed_fields_get_a_clear_answer(tmp_path: Path, extra: str, status: int) -> None:
-    (tmp_path / "a.txt").write_bytes(b"hello")
-    with running(tmp_path) as srv:
-        client = Client(srv.port, recv_size=4096)
-        client.send(get("/a.txt", extra + "\r\n"))
-        reply = client.read_response()
-        assert reply.status == status
-        if status == 200:
-            assert reply.body == b"hello"
-        client.sock.close()

@@ -121,11 +121,9 @@ class Client:
     split across reads pass ``TINY_RECV``.
     """
 
-    def __init__(self, port_or_sock: int | socket.socket, recv_size: int = RECV_SIZE) -> None:
-        if isinstance(port_or_sock, socket.socket):
-            self.sock = port_or_sock
-        else:
-            self.sock = connect(port_or_sock)
+    def __init__(self, port: int | socket.socket, recv_size: int = RECV_SIZE) -> None:
+        # ``port`` keeps its old name so that Client(port=...) still works.
+        self.sock = port if isinstance(port, socket.socket) else connect(port)
         self.buf = b""
         self.recv_size = recv_size
 

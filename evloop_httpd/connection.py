@@ -32,9 +32,10 @@ calls, each given the current time:
 and two that end it: :meth:`Connection.drained` (LINGERING found nothing left to drain) and
 :meth:`Connection.abort` (a socket error, or the server stopping).
 
-A parsed request is answered from the response cache (:mod:`fastpath`) when that can be done
-safely, else by the handler; either way the answer is a :class:`Response` plan. A request whose
-body the handler accepts (a PUT; a POST of a form to a folder) gets an upload instead, an
+A parsed request is answered from the response cache (:mod:`response_cache`) when that can
+be done safely, else by the handler; either way the answer is a :class:`Response` plan. A
+request whose body the handler accepts (a PUT; a POST of a form to a folder) gets an upload
+instead, an
 :class:`~evloop_httpd.upload.Upload` or a :class:`~evloop_httpd.form_upload.FormUpload`, and
 the body is decoded into it as it arrives; its response is made once the body is complete.
 
@@ -86,7 +87,6 @@ from .auth import PENDING, Gate
 from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
-from .fastpath import ResponseCache
 from .faults import Faults
 from .files import os_error_to_http
 from .form_upload import FormUpload
@@ -94,6 +94,7 @@ from .forwarded import Network, client_address
 from .handler import Handler
 from .parser import Request, parse_head
 from .proxyproto import parse_proxy_header
+from .response_cache import ResponseCache
 from .responses import (
     CONTINUE,
     DateCache,

@@ -46,11 +46,11 @@ from . import metrics, status, status_page
 from .auth import Gate, Waiter
 from .connection import Address, Connection, Context
 from .errors import HttpError
-from .fastpath import ResponseCache
 from .faults import Faults, apply_to_socket, recv_size
 from .handler import Handler
 from .log import Logs, Tracer
 from .parser import Request
+from .response_cache import ResponseCache
 from .responses import Response
 from .states import READ, ConnState, Input
 from .transport import RECV_BYTES, Transport

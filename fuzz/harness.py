@@ -5,7 +5,7 @@ A run asks hypothesis for a fixed number of examples under a fixed seed, so the 
 tries the same inputs; a long run is a series of such batches with successive seeds. When a
 property fails, hypothesis shrinks the input and replays the smallest failing one last, so the
 arguments seen last are the ones worth keeping: they are written to ``fuzz/seeds/`` as JSON,
-and ``tests/test_fuzz_smoke.py`` replays every seed file on each test run.
+and ``tests/unit/test_fuzz_smoke.py`` replays every seed file on each test run.
 """
 
 from __future__ import annotations

@@ -111,11 +111,21 @@ class Reply:
         return ", ".join(values) if values else None
 
 
-class Client:
-    """A raw-socket HTTP client that reads responses with small recv sizes."""
+RECV_SIZE = 65536  # what a normal client asks for per recv
+TINY_RECV = 7  # for tests about responses split across many reads
 
-    def __init__(self, port: int, recv_size: int = 7) -> None:
-        self.sock = connect(port)
+
+class Client:
+    """A raw-socket HTTP client: connects to ``127.0.0.1:port``, or wraps a socket the test
+    already set up (a TLS socket, one with a tiny receive buffer, a socketpair end).
+
+    It reads ``recv_size`` bytes per ``recv``: a normal size by default; tests about responses
+    split across reads pass ``TINY_RECV``.
+    """
+
+    def __init__(self, port: int | socket.socket, recv_size: int = RECV_SIZE) -> None:
+        # ``port`` keeps its old name so that Client(port=...) still works.
+        self.sock = port if isinstance(port, socket.socket) else connect(port)
         self.buf = b""
         self.recv_size = recv_size
 
@@ -181,6 +191,26 @@ def request(port: int, data: bytes, head_request: bool = False) -> Reply:
     with Client(port, recv_size=4096) as c:
         c.send(data)
         return c.read_response(head_request)
+
+
+def put(path: str, body: bytes, extra: str = "") -> bytes:
+    """A whole PUT request with a Content-Length body (``extra``: more header lines)."""
+    head = f"PUT {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n{extra}\r\n"
+    return head.encode() + body
+
+
+def rss_kib(pid: int) -> int:
+    """The resident set size of process ``pid`` in KiB, from /proc/PID/status."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def open_fds(pid: int | str = "self") -> int:
+    """How many descriptors process ``pid`` (default: this one) holds open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def get(host_path: str, extra: str = "", method: str = "GET") -> bytes:

@@ -118,7 +118,7 @@ def main() -> None:
         (root / "small.bin").write_bytes(bytes(range(256)) * 4)
         request, expected = request_for(root, args.kind, args.forwarded)
         # A folder changed in the last few ticks cannot vouch for a missing name (the response
-        # cache's racy rule, fastpath.RACY_S): let the new one age, as any served folder has.
+        # cache's racy rule, response_cache.RACY_S): let the new one age, as any served folder has.
         time.sleep(0.2)
         for mode in ("keepalive", "pipelined") if args.mode == "both" else (args.mode,):
             depth = DEPTH if mode == "pipelined" else 1

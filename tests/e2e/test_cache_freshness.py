@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from evloop_httpd import fastpath
+from evloop_httpd import response_cache
 from evloop_httpd.files import strong_etag
 
 from ..helpers import Client, Reply, RunningServer, get, request, running, wait_until
@@ -17,7 +17,7 @@ from ..helpers import Client, Reply, RunningServer, get, request, running, wait_
 def aged(folder: Path) -> None:
     """Wait (bounded) until ``folder``'s last change is old enough to vouch for a missing name
     (the cache's racy-stamp rule): before that, a 404 in it is not remembered at all."""
-    assert wait_until(lambda: not fastpath.is_racy(folder.stat(), time.time_ns()))
+    assert wait_until(lambda: not response_cache.is_racy(folder.stat(), time.time_ns()))
 
 
 def hits(srv: RunningServer) -> int:

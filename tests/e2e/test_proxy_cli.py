@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from ..helpers import DEADLINE_S, spawn_cli, wait_until
-from ..test_activation import faked, listening
 from ..workerhelp import WorkerServer
 from .proxyhelp import csv_rows, silent_close, v1, v2
+from .test_activation import faked, listening
 
 
 @pytest.mark.parametrize(

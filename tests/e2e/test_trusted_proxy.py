@@ -16,8 +16,8 @@ import pytest
 from evloop_httpd import auth
 
 from ..helpers import Client, RunningServer, get, make_config, running
-from ..test_auth import PASSWORD, USER, basic, cheap_hash, put
 from .proxyhelp import csv_rows, v1
+from .test_auth import PASSWORD, USER, basic, cheap_hash, put
 
 BODY = b"forwarded\n"
 LOOPBACK = (ipaddress.ip_network("127.0.0.1/32"),)

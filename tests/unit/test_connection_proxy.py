@@ -18,8 +18,8 @@ from evloop_httpd.proxyproto import MAX_V2_BYTES
 from evloop_httpd.states import READ, ConnState, Input
 
 from ..helpers import make_config
-from ..test_connection import Recorder as _Recorder
-from ..test_connection import flush_out
+from .test_connection import Recorder as _Recorder
+from .test_connection import flush_out
 
 S = ConnState
 REQUEST = b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n"

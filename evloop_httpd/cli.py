@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from . import __version__, activation
 from .auth import AccountFileError, is_loopback, load_accounts
-from .config import KIB, Config, Limits, Timeouts
+from .config import DEFAULT_MAX_ZIPS, KIB, Config, Limits, Timeouts
 from .connection import Address
 from .descriptors import raise_nofile_limit
 from .log import Logs
@@ -208,6 +208,12 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
         default=None,
         help=f"open connections before accept pauses (default {DEFAULT_MAX_CONNECTIONS})",
     )
+    g.add_argument(
+        "--max-zip-downloads",
+        type=positive_int,
+        default=DEFAULT_MAX_ZIPS,
+        help="folder ZIPs (?download=zip) made at once, else 503 (default %(default)s)",
+    )
     t = p.add_argument_group("timeouts (seconds)")
     t.add_argument(
         "--head-timeout",
@@ -389,6 +395,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         limits=limits,
         timeouts=timeouts,
         max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS,
+        max_zips=args.max_zip_downloads,
         use_sendfile=not args.no_sendfile,
         follow_symlinks=args.follow_symlinks,
         dotfiles=args.dotfiles,
@@ -477,7 +484,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
-    budget = raise_nofile_limit(config.max_connections, warn=args.max_connections is not None)
+    budget = raise_nofile_limit(
+        config.max_connections, warn=args.max_connections is not None, max_zips=config.max_zips
+    )
     config = dataclasses.replace(config, max_uploads=budget.max_uploads)
     if config.tls_cert is not None:
         # Checked here, before any listener or worker: a certificate that cannot be used is a

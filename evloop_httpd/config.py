@@ -15,6 +15,7 @@ from pathlib import Path
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
+DEFAULT_MAX_ZIPS = 4  # folder ZIP downloads at once (--max-zip-downloads)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,9 @@ class Config:
     # PUTs receiving at once; None: as many as connections. Set from the open-file limit at
     # start (descriptors.py): an upload holds three descriptors, a GET two.
     max_uploads: int | None = None
+    # Folder ZIP downloads under way at once (beyond: 503). Each may hold a 16 MiB central
+    # directory and two descriptors per folder level of two walks (descriptors.FDS_PER_ZIP).
+    max_zips: int = DEFAULT_MAX_ZIPS
     use_sendfile: bool = True
     follow_symlinks: bool = False  # follow symlinks that leave the root
     dotfiles: bool = False

@@ -17,6 +17,8 @@ calls, each given the current time:
 * :meth:`Connection.wrote` after the socket took ``n`` bytes of :meth:`Connection.to_send`, or
   after the transport held them back to send with the next response;
 * :meth:`Connection.streamed` after ``n`` bytes of the file span went out;
+* :meth:`Connection.produce` when all of :meth:`Connection.to_send` went and a produced body
+  (:attr:`Connection.produced`) may have more: it pulls the next piece into ``to_send``;
 * :meth:`Connection.flushed` after the socket took ``n`` bytes the transport had held back
   (bytes of earlier pipelined responses, already counted as written, see :mod:`transport`);
 * :meth:`Connection.check_delivery` with how many sent bytes the client has not acknowledged,
@@ -35,6 +37,17 @@ safely, else by the handler; either way the answer is a :class:`Response` plan. 
 body the handler accepts (a PUT; a POST of a form to a folder) gets an upload instead, an
 :class:`~evloop_httpd.upload.Upload` or a :class:`~evloop_httpd.form_upload.FormUpload`, and
 the body is decoded into it as it arrives; its response is made once the body is complete.
+
+A plan with a *producer* (a folder's ZIP) is first PREPARING: its ``maybe_check`` (a walk of
+the tree, bounded per call) runs while the turn's work budget lasts, then the connection parks
+until the next turn, so the verdict (a 403 for a tree over a limit) comes before any byte.
+After the head, its body is pulled ``PRODUCE_BYTES`` at a time, only when the transport found
+the socket took all of the previous piece: the kernel's full buffer is the backpressure, and
+memory per download stays one piece whatever the tree. The connection frames each piece as a
+chunk (HTTP/1.1) and sends the last chunk when the producer is finished. A producer that fails
+after the head (a read error, a tree grown past a limit) aborts: no last chunk, and a reset,
+so no client takes a cut archive for a whole one. Producers running at once are capped
+(``Config.max_zips``, counted in ``Context.zips``): beyond it, a 503 with Retry-After.
 
 ``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
 been sent, it becomes an error response; otherwise the connection aborts. Any other exception is
@@ -74,6 +87,7 @@ from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
+from .files import os_error_to_http
 from .form_upload import FormUpload
 from .forwarded import Network, client_address
 from .handler import Handler
@@ -98,6 +112,11 @@ I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
 CLIENTS_CACHED = 4096
 CLIENT_KEY_BYTES = 512
 _BODYLESS = (b"GET ", b"HEAD ")
+# A produced body's piece per pull: its one buffer per download (plus the chunk framing). Each
+# pull copies it once more to frame it; 256 KiB keeps that copy and the pread in the cache and
+# is a few hundred microseconds of a turn's work budget.
+PRODUCE_BYTES = 256 * 1024
+_LAST_CHUNK = b"0\r\n\r\n"  # RFC 9112 §7.1: last-chunk, no trailer, the final CRLF
 
 
 def more_follows(conn: Connection) -> bool:
@@ -107,7 +126,12 @@ def more_follows(conn: Connection) -> bool:
     HEAD (no body to wait for), and no file span follows this response.
     """
     inbuf = conn.inbuf
-    return not conn.file_remaining and inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
+    return (
+        not conn.file_remaining
+        and conn.produced is None
+        and inbuf.startswith(_BODYLESS)
+        and b"\r\n\r\n" in inbuf
+    )
 
 
 def _scheme_mismatch(raw_target: bytes, scheme: bytes) -> bool:
@@ -166,6 +190,7 @@ class Context:
         "trace",
         "trusted",
         "uploads",
+        "zips",
     )
 
     def __init__(self, config: Config, observer: Observer, scheme: bytes = b"http") -> None:
@@ -174,6 +199,7 @@ class Context:
         # response's average rate is judged on that, not on what the kernel took: see _progress.
         self.acks_known = False
         self.uploads = 0  # PUTs and POSTs holding a temp file and a folder descriptor (Config)
+        self.zips = 0  # produced responses (folder ZIPs) under way (see Config.max_zips)
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
@@ -217,6 +243,7 @@ class Connection:
         "phase_bytes",
         "phase_acked",
         "phase_start",
+        "produced",
         "request",
         "scan_from",
         "sent",
@@ -255,6 +282,9 @@ class Connection:
         # of their own would cost 72 bytes each, 7% of an idle connection.
         self.spans: list[tuple[bytes, int, int]] | tuple[()] = ()
         self.trailer = b""
+        # A response whose body is produced (its plan holds the producer): kept while it is
+        # PREPARING and while its body goes, None once the producer is closed.
+        self.produced: Response | None = None
         self.request: Request | None = None
         self.body: FixedBody | ChunkedBody | None = None
         self.upload: Upload | FormUpload | None = None
@@ -346,7 +376,7 @@ class Connection:
         once without waiting for input; the transport may then hold this one back and send
         the batch in one call. Only for a whole, untouched in-memory response on a kept-alive
         connection (see :func:`more_follows`)."""
-        if self.out_pos or not self.keep_alive or self.file_remaining:
+        if self.out_pos or not self.keep_alive or self.file_remaining or self.produced is not None:
             return False
         inbuf = self.inbuf  # as more_follows(self), inline: this is asked once per response
         return inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf
@@ -393,7 +423,7 @@ class Connection:
             self._fire(I.CONTINUE_SENT)
             self._start_phase(now)
             self._advance(now)
-        elif self.file_remaining > 0:
+        elif self.file_remaining > 0 or self.produced is not None:
             if state is S.WRITING_HEADERS:
                 self._fire(I.FILE_FOLLOWS)
                 self._start_phase(now)
@@ -423,6 +453,42 @@ class Connection:
             self._progress(n, now)
         else:
             self._finish_response(now)
+
+    def produce(self) -> bool:
+        """Pull the next piece of a produced body into :meth:`to_send`, framed: True if it
+        did, False when there is nothing to pull now (no produced body, bytes still to send,
+        the work budget spent: the transport waits to write, and the next turn goes on).
+
+        The producer may return nothing while it skips entries; the pull goes on while the
+        budget lasts. Once it is finished, the last chunk follows its last bytes and the
+        producer is closed; the response then ends like any other when they are sent. If it
+        fails, the connection aborts (see the module docstring)."""
+        plan = self.produced
+        if plan is None or self.state is not S.STREAMING_FILE or self.out:
+            return False
+        producer = plan.producer
+        assert producer is not None
+        may_start = self.ctx.may_start
+        try:
+            while True:
+                if not may_start():
+                    return False
+                data = producer.next_chunk(PRODUCE_BYTES)
+                if data or producer.finished:
+                    break
+        except (HttpError, OSError) as exc:
+            self.ctx.observer.debug(f"#{self.ident} produced body failed: {exc}")
+            self.abort()
+            return False
+        if plan.chunked and data:
+            data = b"".join((b"%x\r\n" % len(data), data, b"\r\n"))
+        if producer.finished:
+            if plan.chunked:
+                data += _LAST_CHUNK
+            self._drop_producer()
+        self.out = data
+        self.out_pos = 0
+        return True
 
     def flushed(self, n: int, now: float) -> None:
         """``send`` took ``n`` held-back bytes: the client is reading, so this is progress.
@@ -467,7 +533,7 @@ class Connection:
         """A new turn: a parked connection starts its next buffered request, or goes on
         decoding the body bytes it has."""
         if self.parked and self.state in CAN_RESPOND:
-            self._advance(now)
+            self._advance(now)  # PREPARING included: its next steps
 
     def on_timeout(self, now: float) -> None:
         """The timer fired; act only if our deadline really has passed."""
@@ -586,6 +652,8 @@ class Connection:
         try:
             if self.state is S.READING_HEADERS:
                 self._maybe_start_request(now)
+            elif self.state is S.PREPARING:
+                self._maybe_prepare(now)
             if self.state is S.READING_BODY:
                 self._maybe_read_body(now)
         except HttpError as exc:
@@ -696,6 +764,9 @@ class Connection:
             if key is not None and isinstance(plan, Response) and plan.file_fd >= 0:
                 cache.store(key, plan, now)
         if isinstance(plan, Response):
+            if plan.producer is not None:
+                self._prepare(plan, now)
+                return
             self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
             return
         cap = ctx.config.max_uploads
@@ -721,6 +792,43 @@ class Connection:
         else:
             self._fire(I.BODY_EXPECTED)
         self._start_phase(now)
+
+    def _prepare(self, plan: Response, now: float) -> None:
+        """Take a plan with a produced body: within the cap, PREPARING; else a 503."""
+        ctx = self.ctx
+        producer = plan.producer
+        assert producer is not None
+        if ctx.zips >= ctx.config.max_zips:
+            # The descriptor budget counts max_zips walks (descriptors.py); this one's few
+            # descriptors were opened and are closed within this step, which its reserve covers.
+            producer.close()
+            raise HttpError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "too many folder downloads at once, try again",
+                headers=((b"Retry-After", b"5"),),
+            )
+        ctx.zips += 1  # until _drop_producer
+        self.produced = plan
+        self._fire(I.PREPARE)
+        self._start_phase(now)
+        self._maybe_prepare(now)
+
+    def _maybe_prepare(self, now: float) -> None:
+        """Steps of the producer's check while the work budget lasts; the head once it passes."""
+        plan, req = self.produced, self.request
+        assert plan is not None and plan.producer is not None and req is not None
+        producer = plan.producer
+        try:
+            while not producer.maybe_check():
+                self.deadline = now + self.ctx.config.timeouts.stall_s  # it moves: not stalled
+                if not self.ctx.may_start():
+                    self.parked = True
+                    return
+        except OSError as exc:
+            raise os_error_to_http(exc) from None
+        if req.method == b"HEAD":
+            self._drop_producer()  # HEAD: the verdict and the head a GET would get, no body
+        self._start_response(plan, now, I.HEAD_COMPLETE, body_read=False)
 
     def _maybe_read_body(self, now: float) -> None:
         body, upload, req = self.body, self.upload, self.request
@@ -792,6 +900,7 @@ class Connection:
         self._start_phase(now)
 
     def _fail(self, exc: HttpError, now: float, *, body_read: bool = False) -> None:
+        self._drop_producer()
         self._drop_upload()
         self.body = None
         if self.state not in CAN_RESPOND:
@@ -910,8 +1019,18 @@ class Connection:
             self.upload = None
             self.ctx.uploads -= 1
 
+    def _drop_producer(self) -> None:
+        """Close the produced body's producer, if any, and free its slot."""
+        plan = self.produced
+        if plan is not None:
+            self.produced = None
+            self.ctx.zips -= 1
+            if plan.producer is not None:
+                plan.producer.close()
+
     def _release(self) -> None:
         # Descriptors and temp files first: if logging below raises, nothing leaks.
+        self._drop_producer()
         self._close_file()
         self._drop_upload()
         self.body = None

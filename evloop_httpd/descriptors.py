@@ -20,6 +20,11 @@ does at EMFILE (pause accepting, ``503`` with ``Retry-After``). A warning at sta
 what limit would lift the caps. Many systems start processes with a soft limit of 1024 and a far
 higher hard limit, so usually raising the soft limit is all it takes.
 
+A folder's ZIP download (``?download=zip``) holds, beyond its socket, two descriptors per
+folder level of each of its two walks while it checks the tree, and one walk plus the file
+being read while it streams: at most ``FDS_PER_ZIP``. Downloads at once are capped
+(``Config.max_zips``, a 503 beyond), and that many are set aside before the split below.
+
 Sized only by descriptor count at one per connection, a third of the connections uploading
 slowly used up the whole limit, and every uncached GET answered 503.
 """
@@ -30,8 +35,13 @@ import resource
 import sys
 from dataclasses import dataclass
 
+from .zipstream import MAX_DEPTH
+
 FDS_PER_CONNECTION = 2  # a GET: the socket and the file being sent
 FDS_PER_UPLOAD = 3  # a PUT: the socket, the temp file, the folder's descriptor
+# Beyond the socket: the checking walk at MAX_DEPTH levels (two each) and the stream's first
+# level while it prepares; the stream's walk and the file being read afterwards.
+FDS_PER_ZIP = 2 * MAX_DEPTH + 2
 FD_RESERVE = 64  # fixed descriptors (~10) plus those opened and closed within one step (<= 3)
 UPLOAD_FLOOR = 16  # the upload cap is never lower (nor below an eighth of the connections)
 
@@ -45,24 +55,27 @@ class Budget:
     covered: bool  # whether the limit covers every connection's GET and the upload cap
 
 
-def needed(max_connections: int) -> int:
-    """The open-file limit at which every connection may hold an upload."""
-    return FDS_PER_UPLOAD * max_connections + FD_RESERVE
+def needed(max_connections: int, max_zips: int = 0) -> int:
+    """The open-file limit at which every connection may hold an upload, with ``max_zips``
+    ZIP downloads on top."""
+    return FDS_PER_UPLOAD * max_connections + FD_RESERVE + FDS_PER_ZIP * max_zips
 
 
-def plan(max_connections: int, limit: int | None) -> Budget:
-    """Split ``limit`` descriptors (None: unlimited) between connections and uploads."""
-    wanted = needed(max_connections)
+def plan(max_connections: int, limit: int | None, max_zips: int = 0) -> Budget:
+    """Split ``limit`` descriptors (None: unlimited) between connections and uploads, once
+    ``max_zips`` ZIP downloads have had theirs."""
+    wanted = needed(max_connections, max_zips)
     if limit is None or limit >= wanted:
         return Budget(None, wanted, True)
     spare = FDS_PER_UPLOAD - FDS_PER_CONNECTION  # what an upload holds beyond a GET
     floor = min(max_connections, max(UPLOAD_FLOOR, max_connections // 8))
-    left = (limit - FD_RESERVE - max_connections * FDS_PER_CONNECTION) // spare
+    fixed = FD_RESERVE + FDS_PER_ZIP * max_zips
+    left = (limit - fixed - max_connections * FDS_PER_CONNECTION) // spare
     uploads = min(max_connections, max(floor, left))
     return Budget(uploads, wanted, left >= floor)
 
 
-def raise_nofile_limit(max_connections: int, *, warn: bool = True) -> Budget:
+def raise_nofile_limit(max_connections: int, *, warn: bool = True, max_zips: int = 0) -> Budget:
     """Raise the soft RLIMIT_NOFILE towards :func:`needed`, up to the hard limit, and return
     the budget the resulting limit allows (warning on stderr when it is short and ``warn``).
 
@@ -71,7 +84,7 @@ def raise_nofile_limit(max_connections: int, *, warn: bool = True) -> Budget:
     for a cap nobody asked for, and the server copes either way (uploads capped, 503 at EMFILE).
     """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = needed(max_connections)
+    want = needed(max_connections, max_zips)
     if hard != resource.RLIM_INFINITY:
         want = min(want, hard)
     if soft != resource.RLIM_INFINITY and soft < want:
@@ -80,7 +93,7 @@ def raise_nofile_limit(max_connections: int, *, warn: bool = True) -> Budget:
             soft = want
         except (OSError, ValueError) as exc:
             print(f"warning: cannot raise the open-file limit to {want}: {exc}", file=sys.stderr)
-    budget = plan(max_connections, None if soft == resource.RLIM_INFINITY else soft)
+    budget = plan(max_connections, None if soft == resource.RLIM_INFINITY else soft, max_zips)
     if warn and budget.max_uploads is not None:
         short = (
             ""

@@ -439,6 +439,10 @@ class ResponseCache:
         if not isinstance(resp, Response):  # cannot be, for a GET; would be a bug upstream
             resp.abort()
             return None
+        if resp.producer is not None:
+            # A produced body (a folder's ZIP) has no validators, so If-None-Match cannot
+            # match it: the plan is the answer. Dropping it would leak its open walk.
+            return resp
         if resp.file_fd >= 0:
             self.store(key, resp, now)
         entry = self._entries.get(key)  # (a failed lookup dropped the key: any entry is new)

@@ -57,6 +57,7 @@ from .parser import Request
 from .ranges import content_range, multipart_spans, plan_ranges, unsatisfied_range
 from .responses import Response, http_date, text_response
 from .upload import Upload, lstat_in
+from .zipstream import ZipStream
 
 _GET, _HEAD, _PUT, _OPTIONS, _DELETE = b"GET", b"HEAD", b"PUT", b"OPTIONS", b"DELETE"
 _POST = b"POST"
@@ -65,6 +66,15 @@ _INDEX = "index.html"
 # Says why, so that whoever runs the server sees at once what to change.
 _NO_INDEX = "this folder has no index.html, and listings are off (the server's --listing)"
 _CONDITIONS = (b"if-match", b"if-none-match", b"if-unmodified-since")
+
+
+def attachment(filename: str) -> bytes:
+    """Content-Disposition for a download named ``filename`` (RFC 6266): an ASCII fallback
+    with anything outside plain printable ASCII (and quote, backslash, percent) as ``_``, and
+    the exact name in ``filename*`` (RFC 8187), percent-encoded."""
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in filename)
+    exact = quote(filename, safe="")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}".encode("ascii")
 
 
 def _precondition_failed() -> HttpError:
@@ -161,6 +171,8 @@ class Handler:
                 index = os.path.join(found.real, _INDEX)
                 if not os.path.lexists(index):
                     if cfg.listing:
+                        if req.query and listing.parse_view(req.query).download_zip:
+                            return self._zip(req, found, segments)
                         return self._listing(req, found, segments, head_only)
                     raise HttpError(HTTPStatus.NOT_FOUND, _NO_INDEX)
                 file = locate(self.root_real, index, follow_symlinks=cfg.follow_symlinks)
@@ -311,6 +323,37 @@ class Handler:
             *LISTING_HEADERS,
         ]
         return Response(HTTPStatus.OK, headers, b"" if head_only else page.body)
+
+    def _zip(self, req: Request, folder: Found, segments: tuple[str, ...]) -> Response:
+        """The folder's tree as a ZIP (``?download=zip``), where its listing would be shown.
+
+        Tied to ``--listing``: the archive shows what the listing (and the listings below it)
+        would, and with the listing off, or where an index.html stands in for it, the query is
+        ignored as other unknown ones are. The plan carries the stream; the connection runs its
+        check before the head (PREPARING) and pulls the body (see :mod:`connection`).
+        """
+        cfg = self.config
+        name = segments[-1] if segments else os.path.basename(self.root_real) or "download"
+        try:
+            stream = ZipStream(
+                folder.fd,
+                folder.real,
+                self.root_real,
+                dotfiles=cfg.dotfiles,
+                follow_symlinks=cfg.follow_symlinks,
+                prefix=name + "/",
+            )
+        except OSError as exc:
+            raise os_error_to_http(exc) from None
+        # HTTP/1.0 has no chunked coding: the body ends with the connection (RFC 9112 §6.3).
+        chunked = req.http_version != b"1.0"
+        headers = [
+            (b"Content-Type", b"application/zip"),
+            (b"Content-Disposition", attachment(name + ".zip")),
+        ]
+        if chunked:
+            headers.append((b"Transfer-Encoding", b"chunked"))
+        return Response(HTTPStatus.OK, headers, producer=stream, chunked=chunked, close=not chunked)
 
     def _build_listing(
         self, folder: Found, url_path: str, is_json: bool, view: listing.View, now: float

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Protocol
 
 from .errors import HttpError
 
@@ -42,6 +43,19 @@ _STATUS_LINES: dict[int, bytes] = {
 }
 
 
+class Producer(Protocol):
+    """A body made while it is sent, in bounded steps (a folder's ZIP: :class:`zipstream.
+    ZipStream`). :meth:`maybe_check` runs before the head (True when the response may go
+    ahead; raises :class:`HttpError` to refuse it); :meth:`next_chunk` may return ``b""``
+    mid-way, the end is :attr:`finished`; :meth:`close` releases what it holds, on every path."""
+
+    @property
+    def finished(self) -> bool: ...
+    def maybe_check(self) -> bool: ...
+    def next_chunk(self, max_bytes: int) -> bytes: ...
+    def close(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Response:
     """What to send. ``headers`` must already hold Content-Length where the status has content.
@@ -50,6 +64,10 @@ class Response:
     so one span is a plain file or a single range, and several are a multipart/byteranges body
     whose part headers travel as the prefixes; ``trailer`` goes last. The connection owns the
     descriptor from then on and closes it when the response ends.
+
+    A produced body is ``producer`` instead (no Content-Length: its length is not known), sent
+    as chunks when ``chunked`` (HTTP/1.1), else delimited by the close (HTTP/1.0, ``close``
+    set). The connection owns the producer from then on and closes it on every path.
     """
 
     status: HTTPStatus
@@ -60,6 +78,8 @@ class Response:
     trailer: bytes = b""
     close: bool = False
     middle: bytes | None = None  # pre-encoded header lines (from the cache): replaces headers
+    producer: Producer | None = None
+    chunked: bool = False
 
 
 def encode_middle(

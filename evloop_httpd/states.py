@@ -16,6 +16,19 @@ have started in once the load balancer's PROXY header is read (``PROXY_DONE`` /
 ``PROXY_DONE_TLS``); a malformed header (``PROXY_REFUSED``), an end of stream or the head
 deadline closes it, with no response: the peer is a balancer, not a browser.
 
+PREPARING is a response whose headers depend on work too large for one step: a folder's ZIP
+(``?download=zip``) is refused with a 403 *before the first byte* when its tree is over a limit,
+and finding out walks the whole tree (:meth:`zipstream.ZipStream.maybe_check`, 128 entries a
+step). The connection takes steps while the turn's work budget lasts, then waits to write (the
+loop comes back at once, after the others), so a tree of 65,535 entries costs everyone else
+no more than a pipelined request does. Nothing has been sent, so an error still becomes an
+error response. It is a state rather than a flag because it changes which inputs may come
+next: no body, no new request, only the verdict (HEAD_COMPLETE or ERROR).
+
+STREAMING_FILE covers every body that follows the head: a file span (``sendfile``), or a
+*produced* body (the ZIP), pulled from ``Connection.producer`` when the socket can take more
+and framed as chunks by the connection (see :mod:`transport`).
+
 Interest, honestly
 ------------------
 ``INTEREST`` is what the *connection* waits for, and it follows from the state alone, except
@@ -32,8 +45,11 @@ A few facts change what a connection does without being states, because they do 
 which inputs are allowed next (h11 keeps the same kind beside its table in ``_state.py``):
 
 * ``Connection.parked``: the turn's work budget ran out with whole requests waiting in
-  ``inbuf``; the connection waits to write (the loop comes back at once) rather than read, and
-  the next turn starts one of them (see :mod:`reactor`).
+  ``inbuf``, or with a response still PREPARING; the connection waits to write (the loop comes
+  back at once) rather than read, and the next turn starts one of them, or takes the next
+  preparation step (see :mod:`reactor`).
+* ``Connection.producer``: the body after the head is produced (a ZIP), not a file span; the
+  transport asks :meth:`Connection.produce` for more when the socket takes all it was given.
 * ``Connection.keep_alive``: the response being sent ends with RESPONSE_DONE (back to
   READING_HEADERS) rather than RESPONSE_DONE_CLOSE (to LINGERING). Decided per response from
   the request, the response and whether the server is stopping.
@@ -68,6 +84,7 @@ class ConnState(Enum):
     AUTHENTICATING = "awaiting a password check"
     WRITING_CONTINUE = "writing 100 Continue"
     READING_BODY = "reading body"
+    PREPARING = "preparing a produced response"
     WRITING_HEADERS = "writing headers"
     STREAMING_FILE = "streaming file"
     LINGERING = "lingering"
@@ -89,6 +106,7 @@ class Input(Enum):
     CONTINUE_SENT = "100 Continue sent"
     BODY_COMPLETE = "body complete, response ready"
     ERROR = "error response ready"
+    PREPARE = "head complete, response to prepare in steps"
     FILE_FOLLOWS = "headers sent, file follows"
     RESPONSE_DONE = "response sent, keep alive"
     RESPONSE_DONE_CLOSE = "response sent, close"
@@ -121,10 +139,12 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
     (S.READING_HEADERS, I.TIMEOUT): S.CLOSED,
     (S.READING_HEADERS, I.ABORT): S.CLOSED,
     (S.READING_HEADERS, I.CHECK_PASSWORD): S.AUTHENTICATING,
+    (S.READING_HEADERS, I.PREPARE): S.PREPARING,
     (S.AUTHENTICATING, I.HEAD_COMPLETE): S.WRITING_HEADERS,
     (S.AUTHENTICATING, I.CONTINUE_EXPECTED): S.WRITING_CONTINUE,
     (S.AUTHENTICATING, I.BODY_EXPECTED): S.READING_BODY,
     (S.AUTHENTICATING, I.ERROR): S.WRITING_HEADERS,
+    (S.AUTHENTICATING, I.PREPARE): S.PREPARING,
     (S.AUTHENTICATING, I.TIMEOUT): S.CLOSED,
     (S.AUTHENTICATING, I.ABORT): S.CLOSED,
     (S.WRITING_CONTINUE, I.CONTINUE_SENT): S.READING_BODY,
@@ -133,6 +153,10 @@ TRANSITIONS: dict[tuple[ConnState, Input], ConnState] = {
     (S.READING_BODY, I.BODY_COMPLETE): S.WRITING_HEADERS,
     (S.READING_BODY, I.ERROR): S.WRITING_HEADERS,
     (S.READING_BODY, I.ABORT): S.CLOSED,
+    (S.PREPARING, I.HEAD_COMPLETE): S.WRITING_HEADERS,
+    (S.PREPARING, I.ERROR): S.WRITING_HEADERS,
+    (S.PREPARING, I.TIMEOUT): S.CLOSED,
+    (S.PREPARING, I.ABORT): S.CLOSED,
     (S.WRITING_HEADERS, I.FILE_FOLLOWS): S.STREAMING_FILE,
     (S.WRITING_HEADERS, I.RESPONSE_DONE): S.READING_HEADERS,
     (S.WRITING_HEADERS, I.RESPONSE_DONE_CLOSE): S.LINGERING,
@@ -157,6 +181,9 @@ INTEREST: dict[ConnState, int] = {
     S.AUTHENTICATING: 0,
     S.WRITING_CONTINUE: WRITE,
     S.READING_BODY: READ,
+    # Write, as when parked: the socket is almost always writable, so the loop comes back at
+    # once for the next step, after everyone else ready now; nothing is read meanwhile.
+    S.PREPARING: WRITE,
     S.WRITING_HEADERS: WRITE,
     S.STREAMING_FILE: WRITE,
     S.LINGERING: READ,
@@ -164,5 +191,5 @@ INTEREST: dict[ConnState, int] = {
 }
 
 # States in which nothing of the current response has gone out, so an error can still be sent.
-CAN_RESPOND = frozenset({S.READING_HEADERS, S.AUTHENTICATING, S.READING_BODY})
+CAN_RESPOND = frozenset({S.READING_HEADERS, S.AUTHENTICATING, S.READING_BODY, S.PREPARING})
 MID_RESPONSE = frozenset({S.WRITING_CONTINUE, S.WRITING_HEADERS, S.STREAMING_FILE})

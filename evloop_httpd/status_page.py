@@ -48,6 +48,7 @@ th { border-bottom: 1px solid #999; }
 .st-AUTHENTICATING { background: #fde7f3; }
 .st-WRITING_CONTINUE { background: #fff4d6; }
 .st-READING_BODY { background: #fce8d4; }
+.st-PREPARING { background: #f3f7d4; }
 .st-WRITING_HEADERS { background: #e6f4ea; }
 .st-STREAMING_FILE { background: #c9ecd3; }
 .st-LINGERING { background: #eeeeee; }
@@ -59,7 +60,8 @@ _SCRIPT = """
 "use strict";
 const POLL_MS = @POLL_MS@;
 const STATES = ["PROXY_HEADER", "HANDSHAKING", "READING_HEADERS", "AUTHENTICATING",
-  "WRITING_CONTINUE", "READING_BODY", "WRITING_HEADERS", "STREAMING_FILE", "LINGERING"];
+  "WRITING_CONTINUE", "READING_BODY", "PREPARING", "WRITING_HEADERS", "STREAMING_FILE",
+  "LINGERING"];
 const $ = (id) => document.getElementById(id);
 const fmt = (n) => Number(n).toLocaleString("en");
 

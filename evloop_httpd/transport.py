@@ -12,6 +12,12 @@ system calls do that is the transport's business alone:
 * **Send first.** When the connection has something to send, it is sent at once. Waiting for
   the selector to report the socket writable would cost a loop pass for nothing: a socket is
   almost always writable. Only what the kernel refuses (``EAGAIN``) waits for writability.
+* **Produced bodies** (a folder's ZIP) are pulled: when ``to_send()`` is empty and there is no
+  file span, the transport asks :meth:`Connection.produce` for the next piece, which then
+  appears in ``to_send()``. It asks only after the socket took all of the previous one, so a
+  client that reads slowly fills the kernel's buffer, ``send`` says ``EAGAIN``, and nothing
+  more is made for it until the socket is writable again: the backpressure is the socket's.
+  The piece goes through ``_send``, so TLS needs nothing of its own.
 * **Files** go with ``os.sendfile`` from the page cache, or ``pread`` + ``send`` where sendfile
   is off or unsupported. The fall-back happens only before any sendfile on this socket has
   worked: a socket that took sendfile once and refuses it now has a real problem. A file that
@@ -260,6 +266,10 @@ class Transport:
                     break  # the usual end of a turn: one call fewer than file_span()
                 span = conn.file_span()
                 if span is None:
+                    # A produced body (a ZIP): the socket took everything it was given, so
+                    # pull the next piece; never before, so what waits is one piece at most.
+                    if conn.produced is not None and conn.produce():
+                        continue
                     break
                 if self.pending and not self._flush(now):
                     return

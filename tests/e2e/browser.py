@@ -6,19 +6,23 @@ Use the ``chrome`` fixture (re-exported by tests that need it: ``from .browser i
         driver = chrome()                      # JavaScript on
         driver = chrome(javascript=False)      # a browser with JavaScript off
         driver = chrome(args=["--ignore-certificate-errors-spki-list=..."])
+        driver = chrome(prefs={"download.default_directory": str(folder)})
 
-Every browser gets a fresh profile (its own ``--user-data-dir``) and is quit at teardown. The
-flags are those a root user in a container needs (no sandbox, no GPU, no /dev/shm) and keep it
-off the network (no background requests, component updates or sync): the machine has only
-loopback. A missing chromium or chromedriver fails the test under CI (``CI=true``), where the
-browser tests must run (.ci/run installs them), and skips it elsewhere with the command to fix.
+Every browser gets a fresh profile (its own ``--user-data-dir``) and its own empty download
+folder (a fresh temporary one unless ``prefs`` names another), so that no test saves into the
+home folder; ``prefs`` (Chrome preferences) are laid over these defaults. It is quit at
+teardown. The flags are those a root user in a container needs (no sandbox, no GPU, no
+/dev/shm) and keep it off the network (no background requests, component updates or sync): the
+machine has only loopback. A missing chromium or chromedriver fails the test under CI
+(``CI=true``), where the browser tests must run (.ci/run installs them), and skips it elsewhere
+with the command to fix.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -76,16 +80,27 @@ def chrome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromeFactory]:
     browser, driver_path = find_chromium()
     drivers: list[WebDriver] = []
 
-    def make(*, javascript: bool = True, args: Sequence[str] = ()) -> WebDriver:
+    def make(
+        *,
+        javascript: bool = True,
+        args: Sequence[str] = (),
+        prefs: Mapping[str, object] | None = None,
+    ) -> WebDriver:
         options = webdriver.ChromeOptions()
         options.binary_location = browser
         profile: Path = tmp_path_factory.mktemp("chrome-profile")
         for flag in (*FLAGS, f"--user-data-dir={profile}", *args):
             options.add_argument(flag)
+        # Headless Chromium 156 honours these two for a link's download (no CDP command
+        # needed); without them it would save into ~/Downloads.
+        chosen: dict[str, object] = {
+            "download.default_directory": str(tmp_path_factory.mktemp("chrome-downloads")),
+            "download.prompt_for_download": False,
+        }
         if not javascript:
-            options.add_experimental_option(
-                "prefs", {"profile.managed_default_content_settings.javascript": 2}
-            )
+            chosen["profile.managed_default_content_settings.javascript"] = 2
+        chosen.update(prefs or {})
+        options.add_experimental_option("prefs", chosen)
         driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
         driver.set_page_load_timeout(DEADLINE_S)
         drivers.append(driver)

@@ -223,9 +223,12 @@ class Gate:
     def active(self) -> bool:
         return bool(self.accounts) or self.refuse_anonymous_writes
 
-    def admit(self, conn: Waiter, req: Request, peer: str, now: float) -> str | object | None:
+    def admit(
+        self, conn: Waiter, req: Request, peer: str, now: float, *, every_method: bool = False
+    ) -> str | object | None:
         """The user the request acts as (None: anonymous, allowed), or ``PENDING`` (the verdict
-        comes later through ``conn.auth_done``); refusals are raised as :class:`HttpError`."""
+        comes later through ``conn.auth_done``); refusals are raised as :class:`HttpError`.
+        ``every_method``: an account is needed whatever the scope (the status listener)."""
         if not self.accounts:
             if self.refuse_anonymous_writes and req.method not in SAFE_METHODS:
                 raise HttpError(
@@ -234,7 +237,7 @@ class Gate:
                     " (start it with --auth-file, or --allow-anonymous-writes)",
                 )
             return None
-        if not self.scope_all and req.method in SAFE_METHODS:
+        if not (self.scope_all or every_method) and req.method in SAFE_METHODS:
             return None
         value = req.get(b"authorization")
         if value is None:

@@ -12,8 +12,10 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -23,7 +25,8 @@ from .auth import AccountFileError, is_loopback, load_accounts
 from .config import DEFAULT_MAX_ZIPS, KIB, Config, Limits, Timeouts
 from .connection import Address
 from .descriptors import raise_nofile_limit
-from .log import Logs
+from .faults import add_fault_options, faults_from
+from .log import TRACE_FORMS, Logs
 from .reactor import Server
 from .tls import TlsSetupError, make_context
 from .upload import remove_stale_temps
@@ -125,6 +128,10 @@ def extra_header(text: str) -> tuple[bytes, bytes]:
 
 
 DEFAULT_PORT = 8000
+_OPEN_STATUS = (
+    "warning: the status page is beyond loopback without --auth-file: anyone who can reach it"
+    " sees every client's address and request"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -347,10 +354,40 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     o.add_argument("-q", "--quiet", action="store_true", help="no access log on stderr")
     o.add_argument(
         "--trace",
-        action="store_true",
-        help="print each connection's state transitions as they happen",
+        nargs="?",
+        const="text",
+        default=None,
+        choices=TRACE_FORMS,
+        help="print what the loop does: wake-ups, bytes moved, EAGAIN, timers, transitions;"
+        " text (the default) or json, one object per line",
     )
+    o.add_argument(
+        "--trace-file",
+        type=Path,
+        metavar="FILE",
+        help="append the trace to FILE instead of stderr (needs --trace)",
+    )
+    o.add_argument(
+        "--status",
+        type=status_address,
+        metavar="[ADDR:]PORT",
+        help="serve the status page (/), /status.json and /metrics on this address, from the"
+        " same loop (ADDR defaults to 127.0.0.1; with --auth-file, an account is needed)",
+    )
+    add_fault_options(p)
     return p
+
+
+def status_address(text: str) -> tuple[str, int]:
+    """``--status``: ``PORT``, ``HOST:PORT`` or ``[V6]:PORT``; loopback unless it says otherwise."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = "127.0.0.1", text
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(f"write an IPv6 address in brackets: {text!r}")
+    return host or "127.0.0.1", port_number(port_text)
 
 
 def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
@@ -376,6 +413,9 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
             parser.error(str(exc))
     if not args.auth_realm.isprintable():
         parser.error("--auth-realm must be printable")
+    if args.trace_file is not None and args.trace is None:
+        parser.error("--trace-file needs --trace")
+    faults = faults_from(args)
     if args.tls_cert is None and (args.tls_key or args.tls_password_file):
         parser.error("--tls-key and --tls-password-file need --tls-cert")
     timeouts = Timeouts(
@@ -403,7 +443,11 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         stats_csv=args.stats_csv,
         response_log=args.response_log,
         quiet=args.quiet,
-        trace=args.trace,
+        trace=args.trace is not None,
+        trace_form=args.trace or "text",
+        trace_file=args.trace_file,
+        status=args.status,
+        faults=faults if faults.active else None,
         listing=args.listing,
         allow_delete=args.allow_delete,
         precompressed=not args.no_precompressed,
@@ -473,6 +517,19 @@ def safety_notes(config: Config) -> tuple[list[str], list[str]]:
     return banner, warnings
 
 
+def _bare_trace(argv: Sequence[str]) -> list[str]:
+    """``--trace`` followed by anything but a trace form is the bare flag (text).
+
+    argparse would take the next word as the form, so ``--trace 8000`` (the positional port
+    after it, a habit from the days when --trace took no value) would be an error.
+    """
+    out = list(argv)
+    for i, word in enumerate(out[:-1]):
+        if word == "--trace" and out[i + 1] not in TRACE_FORMS:
+            out[i] = "--trace=text"
+    return out
+
+
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["hash-password"]:
@@ -480,7 +537,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
         return hash_password_main(argv[1:])
     parser = build_parser(prog or program_name())
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_bare_trace(argv))
     config = config_from(args, parser)
     if 0 < config.port < 1024:
         print(f"warning: port {config.port} is privileged (below 1024)", file=sys.stderr)
@@ -536,6 +593,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
             )
             return 1
         address = listeners[0][0].getsockname()
+        status_sock = None
+        if config.status is not None:
+            from .watch import open_status_listener
+
+            try:
+                status_sock = open_status_listener(*config.status)
+            except OSError as exc:
+                host, port = config.status
+                print(f"{parser.prog}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+                return 1
+            # Where each worker leaves its snapshot for the others (watch.StatusShare).
+            config = dataclasses.replace(
+                config, status_dir=Path(tempfile.mkdtemp(prefix="evloop-status-"))
+            )
         banner, warnings = safety_notes(config)
         for line in warnings:
             print(line, file=sys.stderr)
@@ -545,10 +616,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         )
         for line in banner:
             print(line, flush=True)
-        return supervisor.run(config, listeners)
+        if status_sock is not None:
+            print(f"Status page on {url_for(status_sock.getsockname(), scheme)}", flush=True)
+            if config.auth_file is None and not is_loopback(config.status[0]):  # type: ignore[index]
+                print(_OPEN_STATUS, file=sys.stderr)
+        try:
+            return supervisor.run(config, listeners, status_sock)
+        finally:
+            if config.status_dir is not None:
+                shutil.rmtree(config.status_dir, ignore_errors=True)
     try:
         server = Server(config, logs)
         address = server.adopt(passed) if passed else server.bind()
+        if config.status is not None:
+            status_at = server.bind_status()
     except TlsSetupError as exc:  # the files changed since the check above
         print(f"{parser.prog}: TLS: {exc}", file=sys.stderr)
         return 2
@@ -562,6 +643,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     print(f"Serving {config.root} on {url_for(address, scheme)}", flush=True)
     for line in banner:
         print(line, flush=True)
+    if config.status is not None:
+        print(f"Status page on {url_for(status_at, scheme)}", flush=True)
+        if config.auth_file is None and not is_loopback(config.status[0]):
+            print(_OPEN_STATUS, file=sys.stderr)
+    if config.faults is not None:
+        print(f"warning: {config.faults.describe()} (a teaching aid: slower)", file=sys.stderr)
 
     signals = 0
 

@@ -12,6 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .faults import Faults
+
 KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
@@ -73,6 +75,13 @@ class Config:
     response_log: Path | None = None
     quiet: bool = False
     trace: bool = False
+    trace_form: str = "text"  # or "json": one object per line, for tools (see log.Tracer)
+    trace_file: Path | None = None  # None: the trace goes to stderr with the other logs
+    status: tuple[str, int] | None = None  # --status: (host, port) of the status listener
+    # With --workers: the private folder where each worker leaves its snapshot for the others
+    # (see watch.StatusShare); made and removed by the supervising parent.
+    status_dir: Path | None = None
+    faults: Faults | None = None  # teaching faults (faults.py); None when all are off
     listing: bool = False
     allow_delete: bool = False
     precompressed: bool = True

@@ -80,13 +80,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .auth import PENDING, Gate
 from .body import LINES_PER_STEP, ChunkedBody, FixedBody
 from .config import Config
 from .errors import HttpError, bad_request
 from .fastpath import ResponseCache
+from .faults import Faults
 from .files import os_error_to_http
 from .form_upload import FormUpload
 from .forwarded import Network, client_address
@@ -103,6 +104,9 @@ from .responses import (
 )
 from .states import CAN_RESPOND, INTEREST, MID_RESPONSE, TRANSITIONS, WRITE, ConnState, Input
 from .upload import Upload
+
+if TYPE_CHECKING:
+    from .log import Tracer
 
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
@@ -181,6 +185,7 @@ class Context:
         "clients",
         "config",
         "date",
+        "faults",
         "gate",
         "handler",
         "may_start",
@@ -189,6 +194,7 @@ class Context:
         "stopping",
         "trace",
         "trusted",
+        "tracer",
         "uploads",
         "zips",
     )
@@ -205,7 +211,12 @@ class Context:
         self.observer = observer
         self.date = DateCache()
         self.stopping = False
+        # Whether transitions are reported to the observer (--trace, or --status watching).
         self.trace = config.trace
+        # Set by the reactor when --trace / teaching faults are on (see watch.py); the
+        # watched transports read them, the plain ones never do.
+        self.tracer: Tracer | None = None
+        self.faults: Faults | None = None
         self.scheme = scheme  # every connection of a server has the same: one port, one scheme
         # --trusted-proxy networks; None (not an empty tuple) keeps the per-request check cheap.
         self.trusted = config.trusted_proxies or None

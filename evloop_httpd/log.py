@@ -201,6 +201,12 @@ class Logs:
         self._csv_rows = io.StringIO()
         self._csv_writer = csv.writer(self._csv_rows, lineterminator="\n")
         self._heads: _Sink | None = None
+        # The loop's trace (--trace): in the stderr sink, so its lines keep their order among
+        # the access log's, or in its own file (--trace-file).
+        self.tracer: Tracer | None = None
+        if config.trace:
+            sink = self._err if config.trace_file is None else _open(config.trace_file)
+            self.tracer = Tracer(sink, config.trace_form, None if worker is None else str(worker))
         if config.stats_csv is not None:
             write_csv_header(config.stats_csv)
             self._csv = _open(config.stats_csv)
@@ -269,17 +275,23 @@ class Logs:
         self._err.add(text + "\n")
 
     def debug(self, text: str) -> None:
-        if self._trace:
+        if self.tracer is not None:
+            self.tracer.note(text)  # timestamped, in the trace's form and place
+        elif self._trace:
             self._err.add(f"debug{self._who} {text}\n")
 
     def flush(self) -> None:
         self._err.flush()
+        if self.tracer is not None:
+            self.tracer.flush()
         if self._csv is not None:
             self._csv.flush()
         if self._heads is not None:
             self._heads.flush()
 
     def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()  # its own file; the stderr sink just flushes, closed next
         self._err.close()
         for sink in (self._csv, self._heads):
             if sink is not None:
@@ -317,8 +329,8 @@ def _addr(addr: Address) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-# The loop's trace (--trace [text|json], --trace-file). Not wired into the reactor yet: see
-# docs/observability.md for where each call goes.
+# The loop's trace (--trace [text|json], --trace-file): Logs makes the Tracer, the reactor and
+# the watched classes of watch.py call it.
 
 TRACE_FORMS = ("text", "json")
 
@@ -461,6 +473,13 @@ class Tracer:
             self._record("timer", {"connection": conn_id, "what": escape_text(what)})
         else:
             self._line(f"#{conn_id} timer fired: {escape_text(what)}")
+
+    def note(self, text: str) -> None:
+        """Anything else the loop says while tracing (an accept, a reset), ours to escape."""
+        if self._json:
+            self._record("note", {"text": escape_text(text)})
+        else:
+            self._line(escape_text(text))
 
     def flush(self) -> None:
         self._sink.flush()

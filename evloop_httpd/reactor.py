@@ -67,13 +67,19 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .config import Config
 from .connection import Address, Connection, Context
-from .log import Logs
+from .faults import Faults, maybe_delay
+from .log import Logs, Tracer
 from .states import READ, ConnState
+from .status import StatsCollector
 from .timers import Timers
 from .transport import CLOSE, Transport, unacknowledged
+
+if TYPE_CHECKING:
+    from .watch import StatusShare
 
 assert selectors.EVENT_READ == READ
 
@@ -97,19 +103,21 @@ S = ConnState
 
 
 class _Listening:
-    """A listening socket, as the selector's data for it."""
+    """A listening socket, as the selector's data for it: with the context its connections
+    get (None: the server's; the status listener's has its own, see watch.py)."""
 
-    __slots__ = ("sock",)
+    __slots__ = ("ctx", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, ctx: Context | None = None) -> None:
         self.sock = sock
+        self.ctx = ctx
 
 
 class Server:
     """Listens on one address (or adopts listening sockets) and serves connections until
     :meth:`request_stop`."""
 
-    def __init__(self, config: Config, logs: Logs | None = None) -> None:
+    def __init__(self, config: Config, logs: Logs | None = None, worker: int | None = None) -> None:
         self.config = config
         # Over TLS, the port serves HTTPS only. A bad certificate raises TlsSetupError here,
         # before anything is opened or listens.
@@ -146,6 +154,20 @@ class Server:
         gate = self.ctx.gate
         if gate is not None and gate.sock is not None:  # password verdicts (auth.py)
             self.sel.register(gate.sock, selectors.EVENT_READ, _GATE)
+        # What connections and transports are made of, and what watches the loop: picked
+        # once here, so that when nothing watches, nothing is tested per request (watch.py).
+        self.conn_class: type[Connection] = Connection
+        self.plain_class: type[Transport] = Transport
+        self.tls_class: type[Transport] | None = None
+        self.tracer: Tracer | None = None
+        self.stats: StatsCollector | None = None
+        self.faults: Faults | None = None  # only when the loop delay is on
+        self.status_address: Address | None = None
+        self.status_share: StatusShare | None = None  # --workers: snapshots for the others
+        if config.trace or config.status is not None or config.faults is not None:
+            from .watch import watch_server
+
+            watch_server(self, worker)
 
     # Set-up and tear-down
 
@@ -180,6 +202,23 @@ class Server:
         self._ask_local = len(self.listeners) > 1 or self.address[0] in ("0.0.0.0", "::")
         self._resume_accepting()
         return self.address
+
+    def bind_status(self, sock: socket.socket | None = None) -> Address:
+        """Listen on the ``--status`` address too (or on ``sock``, the supervisor's, shared by
+        the workers): its connections are answered by the status handler (watch.py), from
+        this same loop. Call after :meth:`bind` or :meth:`adopt`."""
+        from .watch import open_status_listener, status_context
+
+        assert self.config.status is not None
+        if sock is None:
+            sock = open_status_listener(*self.config.status)
+        sock.setblocking(False)
+        listening = _Listening(sock, status_context(self))
+        self.listeners.append(listening)
+        if self._accepting:
+            self.sel.register(sock, selectors.EVENT_READ, listening)
+        self.status_address = sock.getsockname()
+        return self.status_address
 
     def wakeup_fd(self) -> int:
         """A descriptor for ``signal.set_wakeup_fd``: a signal then wakes the selector."""
@@ -245,8 +284,11 @@ class Server:
                     self.count == 0 or now >= self._shutdown_deadline
                 ):
                     break
+                slept_from = now
                 events = self.sel.select(self._next_timeout(now))
                 now = time.monotonic()
+                if self.tracer is not None:
+                    self.tracer.wakeup(now - slept_from, len(events))
                 self.ctx.date.update(time.time())
                 if self._ready:
                     ready, self._ready = self._ready, []
@@ -267,6 +309,13 @@ class Server:
                 if self._reload_requested:  # after the select the signal's byte woke
                     self._reload_requested = False
                     self.reload_tls()
+                if self.faults is not None:
+                    maybe_delay(self.faults)  # inside the iteration: the histogram shows it
+                if self.stats is not None:
+                    self.stats.iteration(time.monotonic() - now, len(events), now)
+                    share = self.status_share
+                    if share is not None and now >= share.next_at:
+                        share.publish(self, now)
                 self.logs.flush()
                 if on_iteration is not None:
                     on_iteration()
@@ -284,6 +333,8 @@ class Server:
             candidates.append(self._accept_resume_at)
         if self._shutdown_deadline is not None:
             candidates.append(self._shutdown_deadline)
+        if self.status_share is not None:
+            candidates.append(self.status_share.next_at)
         if not candidates:
             return None
         return max(0.0, min(candidates) - now)
@@ -339,16 +390,21 @@ class Server:
                 # ECONNABORTED and friends: that client gave up; the next may not have.
                 self.logs.debug(f"accept: {exc}")
                 continue
-            t = self._add(sock, addr, now)
+            ctx = listening.ctx  # the status listener's; None: the server's (3 arguments)
+            t = self._add(sock, addr, now) if ctx is None else self._add(sock, addr, now, ctx)
             if t is not None:
                 fresh.append(t)
         return fresh
 
-    def _add(self, sock: socket.socket, addr: Address, now: float) -> Transport | None:
+    def _add(
+        self, sock: socket.socket, addr: Address, now: float, ctx: Context | None = None
+    ) -> Transport | None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            local = sock.getsockname() if self._ask_local else self.address
+            # The status listener's few connections ask; the others share the listener's.
+            ask = self._ask_local or ctx is not None
+            local = sock.getsockname() if ask else self.address
         except OSError:
             sock.close()
             return None
@@ -360,22 +416,25 @@ class Server:
         if host is not None:
             addr = (host, *addr[1:])
         tls = self.tls
-        conn = Connection(
-            self.ctx,
+        # The status listener's connections have a context of their own (its handler), and
+        # speak TLS when the server does: its accounts' passwords must not cross in clear.
+        # They come straight from the operator, not through the balancer: no PROXY header.
+        conn = self.conn_class(
+            ctx or self.ctx,
             now,
             addr,
             local,
             next(self._ids),
             handshake=tls is not None,
-            proxy=self.config.proxy_protocol,
+            proxy=self.config.proxy_protocol and ctx is None,
         )
         t: Transport
         if tls is None:
-            t = Transport(sock, conn, self.config.use_sendfile)
+            t = self.plain_class(sock, conn, self.config.use_sendfile)
         else:
             from .tls import TlsTransport
 
-            t = TlsTransport(sock, conn, tls)
+            t = (self.tls_class or TlsTransport)(sock, conn, tls)  # type: ignore[arg-type]
         self.sel.register(sock.fileno(), READ, t)
         self.count += 1
         self.timers.arm(t, conn.deadline, self.count)
@@ -464,7 +523,12 @@ class Server:
     def _run_timers(self, now: float) -> None:
         if self._accept_resume_at is not None and now >= self._accept_resume_at:
             self._resume_accepting()
+        tracer = self.tracer
         for t in self.timers.due(now, _deadline_of):
+            if tracer is not None:
+                from .watch import deadline_name
+
+                tracer.timer(t.ident, deadline_name(t.conn))  # type: ignore[attr-defined]
             self._step(t, now, due=True)  # type: ignore[arg-type]
 
     # Graceful stop
@@ -472,6 +536,9 @@ class Server:
     def _begin_shutdown(self, now: float) -> None:
         self._shutdown_deadline = now + self.config.timeouts.shutdown_s
         self.ctx.stopping = True
+        for listening in self.listeners:
+            if listening.ctx is not None:
+                listening.ctx.stopping = True
         self._close_listeners()
         waiting = 0  # connections given a moment for a request that may be on its way
         for t in self.transports():

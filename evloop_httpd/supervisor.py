@@ -128,6 +128,7 @@ class Supervisor:
 
     config: Config
     listeners: list[list[socket.socket]]
+    status_sock: socket.socket | None = None  # --status: one listener all workers share
     workers: dict[int, _Worker] = field(default_factory=dict)  # by pid
     _stopping: int = 0  # stop signals received
     _generation: int = 0
@@ -161,7 +162,15 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(ready_r)
-            _run_worker(self.config, slot.index, slot.socks, ready_w, parent, self.listeners)
+            _run_worker(
+                self.config,
+                slot.index,
+                slot.socks,
+                ready_w,
+                parent,
+                self.listeners,
+                self.status_sock,
+            )
         os.close(ready_w)
         worker = _Worker(slot.index, pid, ready_r, time.monotonic(), self._generation)
         self.sel.register(ready_r, selectors.EVENT_READ, worker)
@@ -215,6 +224,8 @@ class Supervisor:
             for socks in self.listeners:
                 for sock in socks:
                     sock.close()
+            if self.status_sock is not None:
+                self.status_sock.close()
         return self._exit_status
 
     def _wait(self) -> None:
@@ -379,6 +390,7 @@ def _run_worker(
     ready_w: int,
     parent: int,
     all_listeners: list[list[socket.socket]],
+    status_sock: socket.socket | None = None,
 ) -> None:
     """The child's whole life after ``fork``; never returns."""
     code = 1
@@ -393,8 +405,10 @@ def _run_worker(
             for sock in other:
                 if all(sock is not mine for mine in socks):
                     sock.close()
-        server = Server(config, Logs(config, worker=index))
+        server = Server(config, Logs(config, worker=index), worker=index)
         server.adopt(socks)
+        if status_sock is not None:
+            server.bind_status(status_sock)
 
         def stop(_signum: int, _frame: object) -> None:
             server.request_stop()  # repeated SIGTERMs are one request
@@ -432,8 +446,13 @@ def listeners_for(
     return [passed] * workers if passed else open_listeners(config.host, config.port, workers)
 
 
-def run(config: Config, listeners: list[list[socket.socket]]) -> int:
-    """Serve with one worker per entry of ``listeners``; returns the exit status."""
+def run(
+    config: Config,
+    listeners: list[list[socket.socket]],
+    status_sock: socket.socket | None = None,
+) -> int:
+    """Serve with one worker per entry of ``listeners`` (and, with --status, ``status_sock``
+    shared by all); returns the exit status."""
     if config.stats_csv is not None:
         write_csv_header(config.stats_csv)
-    return Supervisor(config, listeners).run()
+    return Supervisor(config, listeners, status_sock).run()

@@ -37,6 +37,8 @@ class RunningServer:
         self.server = Server(config, self.logs)
         self.server.bind()
         self.host, self.port = self.server.address[:2]
+        # --status: the status listener's port (0 when the config has none).
+        self.status_port = self.server.bind_status()[1] if config.status is not None else 0
         self.root = Path(config.root)
         self.config = config
         self.error: BaseException | None = None

@@ -134,8 +134,8 @@ def test_trace_shows_transitions_with_interest(tmp_path: Path) -> None:
         c.send(get("/"))
         c.read_response()
     _, _, err = finish(proc)
-    assert "READING_HEADERS --ERROR--> WRITING_HEADERS (wait for write)" in err
-    assert "WRITING_HEADERS --RESPONSE_DONE--> READING_HEADERS (wait for read)" in err
+    assert "READING_HEADERS --ERROR--> WRITING_HEADERS (wait for write, " in err
+    assert "WRITING_HEADERS --RESPONSE_DONE--> READING_HEADERS (wait for read, " in err
 
 
 def test_ipv6_bind(tmp_path: Path) -> None:
@@ -385,3 +385,22 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     assert time.monotonic() - started < DEADLINE_S  # not the 600 s grace
     assert proc.returncode == 0
     assert "stopping now: transfers in flight are cut short" in err
+
+
+def test_a_bare_trace_before_the_positional_port_is_the_text_trace(tmp_path: Path) -> None:
+    # History: --trace grew an optional form (text|json) and then swallowed the port after it:
+    # `python -m evloop_httpd --trace 8000` was a usage error.
+    port = free_port_for_test()
+    proc = spawn_cli("--trace", str(port), "-d", str(tmp_path))
+    assert read_serving_port(proc) == port
+    with Client(port) as c:
+        c.send(get("/"))
+        c.read_response()
+    _, _, err = finish(proc)
+    assert "READING_HEADERS --ERROR--> WRITING_HEADERS" in err
+
+
+def free_port_for_test() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

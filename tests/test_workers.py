@@ -48,7 +48,7 @@ def test_both_workers_serve_and_trace_lines_name_them(root: Path, tmp_path: Path
         assert len(srv.wait_workers(2)) == 2
         for _ in range(40):  # the kernel hashes each connection to one of the two sockets
             assert fetch(port, "/small.txt") == b"small\n"
-        assert wait_until(lambda: "trace w1 #" in srv.err() and "trace w2 #" in srv.err())
+        assert wait_until(lambda: "[1] trace #" in srv.err() and "[2] trace #" in srv.err())
         srv.signal(signal.SIGTERM)
         assert srv.wait() == 0
 

@@ -388,7 +388,7 @@ class Connection:
         once without waiting for input; the transport may then hold this one back and send
         the batch in one call. Only for a whole, untouched in-memory response on a kept-alive
         connection (see :func:`more_follows`)."""
-        if self.out_pos or not self.keep_alive or self.file_remaining:
+        if self.out_pos or not self.keep_alive or self.file_remaining or self.produced is not None:
             return False
         inbuf = self.inbuf  # as more_follows(self), inline: this is asked once per response
         return inbuf.startswith(_BODYLESS) and b"\r\n\r\n" in inbuf

@@ -110,7 +110,11 @@ class Transport:
 
     can_sendfile: ClassVar[bool] = True  # TLS cannot: see tls.py
     may_buffer: ClassVar[bool] = False  # input held above the kernel (TLS): see buffered()
-    send_direct: ClassVar[bool] = True  # _send is the socket's send (TLS: no)
+    # The hot path's shortcuts, for classes that do not change how a socket is read or sent
+    # on (subclasses that do, a traced transport or TLS, turn them off): the pump sends with
+    # the socket's own send, and ready() reads inline instead of calling read().
+    send_direct: ClassVar[bool] = True
+    read_inline: ClassVar[bool] = True
 
     def __init__(self, sock: socket.socket, conn: Connection, use_sendfile: bool) -> None:
         self.sock: socket.socket | None = sock
@@ -151,6 +155,9 @@ class Transport:
                 if cast(ConnState, conn.state) is not S.READING_HEADERS:  # mypy narrowed it
                     return
                 # The first request often comes in the same segment as the header.
+            if not self.read_inline:
+                self.read(now)
+                return
             # read(), inline: this is the path of every request.
             try:
                 data = self.sock.recv(RECV_BYTES)  # type: ignore[union-attr]

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, cast
 
 from . import metrics, status, status_page
 from .auth import Gate, Waiter
@@ -52,7 +52,7 @@ from .log import Logs, Tracer
 from .parser import Request
 from .response_cache import ResponseCache
 from .responses import Response
-from .states import READ, ConnState, Input
+from .states import ConnState, Input
 from .transport import RECV_BYTES, Transport
 
 if TYPE_CHECKING:
@@ -137,18 +137,8 @@ class WatchedTransport(_SendWatch, Transport):
     """Plain TCP, traced, with the teaching faults applied."""
 
     __slots__ = ()
-    # The plain transport sends with the socket's own ``send`` and reads inline in ``ready``
-    # (the hot path); watched, both go through the methods the trace and the faults wrap.
-    send_direct: ClassVar[bool] = False
-
-    def ready(self, mask: int, now: float) -> None:
-        conn = self.conn
-        if mask & READ and conn.interest & READ:
-            if conn.state is S.PROXY_HEADER:
-                self.read_proxy_header(now)
-                if cast(ConnState, conn.state) is not S.READING_HEADERS:  # mypy narrowed it
-                    return
-            self.read(now)
+    send_direct = False  # every send through the traced _send
+    read_inline = False  # every recv through the traced, capped read
 
     def __init__(self, sock: socket.socket, conn: Connection, use_sendfile: bool) -> None:
         super().__init__(sock, conn, use_sendfile)

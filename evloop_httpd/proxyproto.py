@@ -148,6 +148,14 @@ def _v1_ip(text: bytes, shape: re.Pattern[bytes], version: int) -> str:
         raise _refuse(f"v1 address is not a plain IPv{version} address") from None
     if address.version != version:
         raise _refuse(f"v1 address is not a plain IPv{version} address")
+    return _text(address)
+
+
+def _text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as logs show it, the same on every Python: an IPv4-mapped IPv6 address keeps
+    its dotted quad (``::ffff:10.0.0.1``; before 3.13, ``str`` gave ``::ffff:a00:1``)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
     return str(address)
 
 
@@ -208,9 +216,9 @@ def _parse_v2(buf: bytes | bytearray, max_v2_bytes: int) -> ProxyHeader | None:
             int.from_bytes(block[10:12], "big"),
         )
     elif family == 0x2:
-        source = (str(ipaddress.IPv6Address(block[0:16])), int.from_bytes(block[32:34], "big"))
+        source = (_text(ipaddress.IPv6Address(block[0:16])), int.from_bytes(block[32:34], "big"))
         destination = (
-            str(ipaddress.IPv6Address(block[16:32])),
+            _text(ipaddress.IPv6Address(block[16:32])),
             int.from_bytes(block[34:36], "big"),
         )
     else:

@@ -70,7 +70,7 @@ def test_v1_tcp6() -> None:
     assert (h.family, h.source, h.destination) == (
         "TCP6",
         ("2001:db8::1", 0),
-        ("::ffff:a00:1", 65535),
+        ("::ffff:10.0.0.1", 65535),  # the same text on every Python (3.13 changed str())
     )
 
 
@@ -156,7 +156,7 @@ def test_v2_proxy_tcp6() -> None:
     assert (h.family, h.source, h.destination, h.tlvs) == (
         "TCP6",
         ("2001:db8::1", 1),
-        ("::ffff:a00:1", 2),
+        ("::ffff:10.0.0.1", 2),
         (),
     )
 

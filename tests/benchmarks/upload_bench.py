@@ -125,7 +125,7 @@ def started(name: str, work: Path, size: int) -> Iterator[Server]:
     if name == "evloop_httpd":
         argv = [
             sys.executable, "-m", "evloop_httpd", "-p", str(port), "-d", str(root), "-b", HOST,
-            "-q", "--max-upload", str(size),
+            "-q", "--max-upload", str(size + 64 * 1024),  # a form adds its part head
         ]  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     else:
@@ -172,26 +172,55 @@ def sample_rss(server: Server, stop: threading.Event) -> None:
             server.samples.append(vm_rss_kib(server.proc.pid))
 
 
-def put(server: Server, name: str, size: int, chunked: bool, timeout: float) -> Figure:
-    """PUT ``size`` bytes to ``/name``; the figure, after checking the file that landed."""
+FORM_BOUNDARY = b"----evloopbench7MA4YWxkTrZu0gW"  # about what a browser sends
+
+
+def form_parts(name: str) -> tuple[bytes, bytes]:
+    """What goes before and after the file's bytes in a one-part multipart/form-data body."""
+    before = (
+        b"--" + FORM_BOUNDARY + b"\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="' + name.encode() + b'"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n"
+    )
+    return before, b"\r\n--" + FORM_BOUNDARY + b"--\r\n"
+
+
+def put(
+    server: Server, name: str, size: int, chunked: bool, timeout: float, form: bool = False
+) -> Figure:
+    """PUT ``size`` bytes to ``/name`` (or, with ``form``, POST them to ``/`` as the one file
+    part of a multipart/form-data body, as a browser's upload form does); the figure, after
+    checking the file that landed."""
     server.samples = []
     before = vm_rss_kib(server.proc.pid)
     stop = threading.Event()
     sampler = threading.Thread(target=sample_rss, args=(server, stop), daemon=True)
-    framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
-    head = b"PUT /%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n\r\n" % (
-        name.encode(),
-        HOST.encode(),
-        server.port,
-        framing,
-    )
+    prefix, suffix = form_parts(name) if form else (b"", b"")
+    if form:
+        framing = b"Content-Type: multipart/form-data; boundary=%s\r\nContent-Length: %d" % (
+            FORM_BOUNDARY,
+            len(prefix) + size + len(suffix),
+        )
+        head = b"POST / HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n\r\n" % (
+            HOST.encode(),
+            server.port,
+            framing,
+        )
+    else:
+        framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % size
+        head = b"PUT /%s HTTP/1.1\r\nHost: %s:%d\r\n%s\r\n\r\n" % (
+            name.encode(),
+            HOST.encode(),
+            server.port,
+            framing,
+        )
     meter = OthersMeter(server.proc.pid)
     cpu_before = cpu_seconds(server.proc.pid)
     sampler.start()
     try:
         started_at = time.monotonic()
         with socket.create_connection((HOST, server.port), timeout=timeout) as sock:
-            sock.sendall(head)
+            sock.sendall(head + prefix)
             left = size
             while left:
                 n = min(left, MIB)
@@ -203,6 +232,8 @@ def put(server: Server, name: str, size: int, chunked: bool, timeout: float) -> 
                 left -= n
             if chunked:
                 sock.sendall(b"0\r\n\r\n")
+            if suffix:
+                sock.sendall(suffix)
             reply = b""
             while b"\r\n\r\n" not in reply:
                 data = sock.recv(65536)
@@ -218,7 +249,7 @@ def put(server: Server, name: str, size: int, chunked: bool, timeout: float) -> 
     status = reply[9:12]
     peak = max(server.samples, default=before)
     target = server.root / name
-    if status not in (b"201", b"204") or target.stat().st_size != size:
+    if status not in (b"201", b"204", b"303") or target.stat().st_size != size:
         got = target.stat().st_size if target.exists() else None
         return Figure(None, before, peak, others, f"status {status!r}, {got} bytes on disk", cpu)
     with target.open("rb") as f:  # the last block is the block: the body landed whole
@@ -295,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                         fig = put(server, f"body-{round_no}.bin", size, chunked, args.timeout)
                         runs.setdefault(label, []).append(fig)
                         print(f"round {round_no + 1}: {label}: {_describe(fig)}", flush=True)
+                    if server_name == "evloop_httpd":  # the browser's way: one form part
+                        label = "evloop_httpd POST multipart"
+                        fig = put(server, f"form-{round_no}.bin", size, False, args.timeout, True)
+                        runs.setdefault(label, []).append(fig)
+                        print(f"round {round_no + 1}: {label}: {_describe(fig)}", flush=True)
             for source in ("pipe", "socket"):
                 fig = dd_limit(work, size, args.timeout, source)
                 runs.setdefault(f"dd from a {source}", []).append(fig)
@@ -347,6 +383,9 @@ def report(runs: dict[str, list[Figure]], args: argparse.Namespace, load_before:
         if theirs is not None and limit:
             parts.append(f"(nginx {theirs / limit:.2f}x dd)")
         print(f"ours, {framing}: {', '.join(parts) or 'n/a'}")
+    form, plain = medians.get("evloop_httpd POST multipart"), medians.get("nginx Content-Length")
+    if form is not None and plain:
+        print(f"ours, POST multipart: {form / plain:.2f}x nginx's PUT (Content-Length)")
     worst = max((f.others_cpu or 0.0) for figs in runs.values() for f in figs)
     print(
         f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after; "

@@ -59,6 +59,9 @@ from .log import Logs, write_csv_header
 from .reactor import Server
 from .tls import TlsSetupError
 
+# Signals a worker acts on, blocked from fork until its handlers are installed (_spawn).
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGQUIT, signal.SIGINT, signal.SIGHUP})
+
 STABLE_S = 5.0  # a worker alive this long was not "dying at start": its back-off resets
 FIRST_BACKOFF_S = 0.1  # the second quick death in a row waits this long, then twice as long
 MAX_BACKOFF_S = 10.0
@@ -159,7 +162,18 @@ class Supervisor:
         sys.stdout.flush()
         sys.stderr.flush()  # or the child would write the parent's buffered text again
         parent = os.getpid()
-        pid = os.fork()
+        # Until the child has its own handlers, a SIGTERM sent to it would run ours (a copy that
+        # only queues it in the child's memory) and be lost: the child would serve on, and the
+        # stop wait for it for ever (seen: ~1 start in 10 stopped at once hung). So the child
+        # is born with these signals blocked, and unblocks them once its handlers are in place;
+        # what came meanwhile is delivered then.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         if pid == 0:
             os.close(ready_r)
             _run_worker(
@@ -419,6 +433,7 @@ def _run_worker(
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGQUIT, stop_now)
         signal.set_wakeup_fd(server.wakeup_fd(), warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked since the fork
         os.write(ready_w, b"r")
         os.close(ready_w)
         server.serve_forever()

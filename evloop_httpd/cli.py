@@ -27,7 +27,7 @@ from .connection import Address
 from .descriptors import raise_nofile_limit
 from .faults import add_fault_options, faults_from
 from .log import TRACE_FORMS, Logs
-from .reactor import Server
+from .reactor import Server, open_listener
 from .tls import TlsSetupError, make_context
 from .upload import remove_stale_temps
 
@@ -595,10 +595,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         address = listeners[0][0].getsockname()
         status_sock = None
         if config.status is not None:
-            from .watch import open_status_listener
-
             try:
-                status_sock = open_status_listener(*config.status)
+                status_sock = open_listener(*config.status)
             except OSError as exc:
                 host, port = config.status
                 print(f"{parser.prog}: cannot listen on {host}:{port}: {exc}", file=sys.stderr)

@@ -113,6 +113,24 @@ class _Listening:
         self.ctx = ctx
 
 
+def open_listener(host: str, port: int) -> socket.socket:
+    """A non-blocking socket listening on ``host:port`` (the first address it names): the
+    server's own (``bind``) and the ``--status`` one."""
+    family, _, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, socket.SOCK_STREAM, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(socket.SOMAXCONN)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class Server:
     """Listens on one address (or adopts listening sockets) and serves connections until
     :meth:`request_stop`."""
@@ -173,21 +191,7 @@ class Server:
 
     def bind(self) -> Address:
         """Create the listening socket. Returns the bound (host, port, ...)."""
-        host = self.config.host
-        infos = socket.getaddrinfo(
-            host, self.config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-        family, _, proto, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(addr)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return self.adopt([sock])
+        return self.adopt([open_listener(self.config.host, self.config.port)])
 
     def adopt(self, socks: list[socket.socket]) -> Address:
         """Serve listening sockets made elsewhere (systemd, or a supervisor sharing them among
@@ -207,11 +211,11 @@ class Server:
         """Listen on the ``--status`` address too (or on ``sock``, the supervisor's, shared by
         the workers): its connections are answered by the status handler (watch.py), from
         this same loop. Call after :meth:`bind` or :meth:`adopt`."""
-        from .watch import open_status_listener, status_context
+        from .watch import status_context
 
         assert self.config.status is not None
         if sock is None:
-            sock = open_status_listener(*self.config.status)
+            sock = open_listener(*self.config.status)
         sock.setblocking(False)
         listening = _Listening(sock, status_context(self))
         self.listeners.append(listening)

@@ -515,20 +515,3 @@ def status_context(server: Server) -> Context:
         sctx.gate = None  # nothing to write here: the anonymous-write refusal is moot
     sctx.faults = None  # the status client is a normal client, not a crippled one
     return sctx
-
-
-def open_status_listener(host: str, port: int) -> socket.socket:
-    """Bind and listen on the status address."""
-    family, _, proto, _, addr = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, socket.SOCK_STREAM, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(socket.SOMAXCONN)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock

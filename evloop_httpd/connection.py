@@ -50,7 +50,8 @@ after the head (a read error, a tree grown past a limit) aborts: no last chunk, 
 so no client takes a cut archive for a whole one. Producers running at once are capped
 (``Config.max_zips``, counted in ``Context.zips``): beyond it, a 503 with Retry-After.
 
-``HttpError`` is caught in one place, :meth:`Connection._advance`. If nothing of a response has
+``HttpError`` is handled in one place, ``_caught``, for the two entries that act on a request
+(``_advance``, and ``auth_done`` when a password verdict comes). If nothing of a response has
 been sent, it becomes an error response; otherwise the connection aborts. Any other exception is
 a bug: a 500 under the same rule, and the traceback goes to the log. After an error response the
 connection goes to LINGERING, where it only drains what the client still sends (so that closing
@@ -668,14 +669,8 @@ class Connection:
                 self._maybe_prepare(now)
             if self.state is S.READING_BODY:
                 self._maybe_read_body(now)
-        except HttpError as exc:
-            self._fail(exc, now)
         except Exception as exc:
-            # A bug, or an OS error nobody anticipated: this client gets a 500, the rest go on.
-            self.ctx.observer.bug(self, exc)
-            self._fail(
-                HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", close=True), now
-            )
+            self._caught(exc, now)
 
     def _maybe_start_request(self, now: float) -> None:
         inbuf = self.inbuf
@@ -743,14 +738,19 @@ class Connection:
             # _begin moves the state on; mypy keeps it narrowed to AUTHENTICATING without this.
             if cast(ConnState, self.state) is S.READING_BODY:
                 self._maybe_read_body(now)
-        except HttpError as exc:
-            self._fail(exc, now)
         except Exception as exc:
-            self.ctx.observer.bug(self, exc)
-            self._fail(
-                HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", close=True), now
-            )
+            self._caught(exc, now)
         return True
+
+    def _caught(self, exc: Exception, now: float) -> None:
+        """What ``_advance`` and ``auth_done`` do with an exception: an ``HttpError`` is the
+        answer; anything else is a bug, or an OS error nobody anticipated: this client gets a
+        500 and the traceback goes to the log, the rest go on."""
+        if isinstance(exc, HttpError):
+            self._fail(exc, now)
+            return
+        self.ctx.observer.bug(self, exc)
+        self._fail(HttpError(HTTPStatus.INTERNAL_SERVER_ERROR, "internal error", close=True), now)
 
     def _begin(self, req: Request, now: float) -> None:
         """Answer a parsed (and admitted) request, or start reading its body."""

@@ -261,6 +261,11 @@ def build_parser(prog: str = "evloop-httpd") -> argparse.ArgumentParser:
     f = p.add_argument_group("files")
     f.add_argument("--no-sendfile", action="store_true", help="use read+send instead of sendfile")
     f.add_argument(
+        "--no-splice",
+        action="store_true",
+        help="write PUT bodies with recv+write instead of splice from the socket",
+    )
+    f.add_argument(
         "--follow-symlinks", action="store_true", help="serve symlinks that point outside the root"
     )
     f.add_argument("--dotfiles", action="store_true", help="serve names starting with '.'")
@@ -437,6 +442,7 @@ def config_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Co
         max_connections=args.max_connections or DEFAULT_MAX_CONNECTIONS,
         max_zips=args.max_zip_downloads,
         use_sendfile=not args.no_sendfile,
+        use_splice=not args.no_splice,
         follow_symlinks=args.follow_symlinks,
         dotfiles=args.dotfiles,
         fsync=args.fsync,

@@ -68,6 +68,7 @@ class Config:
     # directory and two descriptors per folder level of two walks (descriptors.FDS_PER_ZIP).
     max_zips: int = DEFAULT_MAX_ZIPS
     use_sendfile: bool = True
+    use_splice: bool = True  # PUT bodies: socket -> pipe -> file where the kernel can (transport)
     follow_symlinks: bool = False  # follow symlinks that leave the root
     dotfiles: bool = False
     fsync: bool = False

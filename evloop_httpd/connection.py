@@ -109,6 +109,7 @@ from .upload import Upload
 
 if TYPE_CHECKING:
     from .log import Tracer
+    from .transport import SplicePipe
 
 S = ConnState
 I = Input  # noqa: E741 - short aliases keep the state-changing lines readable
@@ -183,6 +184,8 @@ class Context:
 
     __slots__ = (
         "acks_known",
+        "body_copied",
+        "body_spliced",
         "cache",
         "clients",
         "config",
@@ -192,6 +195,7 @@ class Context:
         "handler",
         "may_start",
         "observer",
+        "pipe",
         "scheme",
         "stopping",
         "trace",
@@ -208,6 +212,12 @@ class Context:
         self.acks_known = False
         self.uploads = 0  # PUTs and POSTs holding a temp file and a folder descriptor (Config)
         self.zips = 0  # produced responses (folder ZIPs) under way (see Config.max_zips)
+        # Bytes of request bodies written into files: read and written (the read path), or
+        # spliced by the transport from the socket straight into the file (/status.json).
+        self.body_copied = 0
+        self.body_spliced = 0
+        # The transport's splice pipe, one per loop (see transport.SplicePipe); None until used.
+        self.pipe: SplicePipe | None = None
         self.handler = Handler(config)
         self.cache = ResponseCache(config.extra_headers)
         self.observer = observer
@@ -384,6 +394,18 @@ class Connection:
             return self.file_fd, self.file_offset, self.file_remaining
         return None
 
+    def body_sink(self) -> tuple[int, int] | None:
+        """``(file fd, bytes still due)`` while the body being read may go straight from the
+        socket into its file (splice): a Content-Length PUT whose buffered bytes are all
+        written, so the next ones off the socket are the body's and nothing needs decoding.
+        None otherwise (chunked, a form, bytes waiting in ``inbuf``, parked): read as usual."""
+        if self.state is not S.READING_BODY or self.inbuf or self.parked:
+            return None
+        body, upload = self.body, self.upload
+        if type(body) is not FixedBody or type(upload) is not Upload or not body.remaining:
+            return None
+        return upload.fd, body.remaining
+
     def response_follows(self) -> bool:
         """Whether, once all of :meth:`to_send` is taken, the next response will be made at
         once without waiting for input; the transport may then hold this one back and send
@@ -420,6 +442,31 @@ class Connection:
         self.inbuf += data
         if state in CAN_RESPOND:
             self._advance(now)
+
+    def received_into_file(self, n: int, now: float) -> None:
+        """The transport moved ``n`` bytes of the body from the socket into the file of
+        :meth:`body_sink` itself: counted as if read and written here (progress, the upload's
+        size and ``--fsync``), and the upload is committed when they were the last."""
+        body, upload = self.body, self.upload
+        if self.state is not S.READING_BODY or type(body) is not FixedBody or upload is None:
+            return
+        body.remaining -= n
+        self.ctx.body_spliced += n
+        try:
+            cast(Upload, upload).wrote(n)
+            self._progress(n, now)
+            if not body.remaining:
+                self._body_done(now)
+        except Exception as exc:
+            self._caught(exc, now)
+
+    def sink_failed(self, exc: OSError, now: float) -> None:
+        """Writing into the file of :meth:`body_sink` failed (a full disk, say): answered as
+        the same error of a written body is, and the temp file is gone."""
+        upload = self.upload
+        if self.state is not S.READING_BODY or type(upload) is not Upload:
+            return
+        self._caught(upload.failed(exc), now)
 
     def wrote(self, n: int, now: float) -> None:
         """``send`` took the first ``n`` bytes of ``out[out_pos:]``."""
@@ -859,6 +906,7 @@ class Connection:
                 data, done = body.read(self.inbuf, LINES_PER_STEP)
                 if data:
                     upload.write(data)
+                    self.ctx.body_copied += len(data)
                     self._progress(len(data), now)
             backlog = form is not None and form.backlog
             if not worked and not backlog and (done or not body.paused):
@@ -867,19 +915,25 @@ class Connection:
                 self.parked = True
                 return
         if done:
-            # Keep owning the upload until it is committed: if committing raises anything,
-            # _fail still finds it and unlinks the temp file.
-            try:
-                resp = self.ctx.handler.finish_upload(upload, req)
-            except HttpError as exc:
-                # Refused at the last moment (a precondition re-checked before the rename):
-                # the body was read to its end, so the framing still holds and the connection
-                # may stay open for the next request.
-                self._fail(exc, now, body_read=True)
-                return
-            self.body = None
-            self._drop_upload()  # committed: it holds nothing any more
-            self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
+            self._body_done(now)
+
+    def _body_done(self, now: float) -> None:
+        """The whole body is in the upload: commit it and start the response."""
+        upload, req = self.upload, self.request
+        assert upload is not None and req is not None
+        # Keep owning the upload until it is committed: if committing raises anything,
+        # _fail still finds it and unlinks the temp file.
+        try:
+            resp = self.ctx.handler.finish_upload(upload, req)
+        except HttpError as exc:
+            # Refused at the last moment (a precondition re-checked before the rename):
+            # the body was read to its end, so the framing still holds and the connection
+            # may stay open for the next request.
+            self._fail(exc, now, body_read=True)
+            return
+        self.body = None
+        self._drop_upload()  # committed: it holds nothing any more
+        self._start_response(resp, now, I.BODY_COMPLETE, body_read=True)
 
     def _start_response(self, resp: Response, now: float, inp: Input, *, body_read: bool) -> None:
         ctx = self.ctx

@@ -272,6 +272,8 @@ class Server:
                 self.sel.unregister(self.ctx.gate.sock)
             self.ctx.gate.close()
         self._waker_w.close()
+        if self.ctx.pipe is not None:
+            self.ctx.pipe.close()
         self.sel.close()
         self.logs.close()
 

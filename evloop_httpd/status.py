@@ -101,6 +101,10 @@ class Snapshot:
     timers_pending: int
     requests_per_second: tuple[int, ...]  # the last RING_SECONDS seconds, oldest first
     iteration_max_s: tuple[float, ...]  # the slowest iteration of each of those seconds
+    # Request bodies written into files since the start: spliced from the socket by the
+    # kernel, and read then written (the fall-back, and what splice does not take).
+    body_bytes_spliced: int = 0
+    body_bytes_copied: int = 0
 
     @property
     def left_out(self) -> int:
@@ -246,6 +250,7 @@ def snapshot_of(
     rank: Callable[[C], tuple[bool, float]],
     describe: Callable[[C], ConnRow],
     max_rows: int = MAX_ROWS,
+    body_bytes: tuple[int, int] = (0, 0),
 ) -> Snapshot:
     """A snapshot of ``conns``: every one counted by ``state_of`` (an enum member counts under
     its name), and at most ``max_rows`` described, those with the smallest ``rank``
@@ -254,7 +259,7 @@ def snapshot_of(
     Only the chosen ones are passed to ``describe``: formatting a peer and a request line for
     10,000 connections would cost more than everything else together (see
     tests/benchmarks/status_bench.py). One pass to count, one bounded heap to choose:
-    O(connections x log max_rows).
+    O(connections x log max_rows). ``body_bytes``: request body bytes (spliced, copied) so far.
     """
     counts = Counter(map(state_of, conns))
     by_state = {k if isinstance(k, str) else k.name: n for k, n in counts.items()}
@@ -279,6 +284,8 @@ def snapshot_of(
         timers_pending=timers_pending,
         requests_per_second=requests,
         iteration_max_s=slowest,
+        body_bytes_spliced=body_bytes[0],
+        body_bytes_copied=body_bytes[1],
     )
 
 
@@ -320,6 +327,10 @@ def snapshot_dict(snap: Snapshot) -> dict[str, object]:
         },
         "requests": {"total": snap.requests_total, "by_class": snap.requests_by_class},
         "bytes_served": snap.bytes_served,
+        "request_body_bytes": {
+            "spliced": snap.body_bytes_spliced,
+            "copied": snap.body_bytes_copied,
+        },
         "loop": {
             "iterations": snap.iterations,
             "ready_events": snap.ready_events,
@@ -375,4 +386,6 @@ def merge_snapshots(snaps: Sequence[Snapshot], max_rows: int = MAX_ROWS) -> Snap
             map(sum, zip(*(s.requests_per_second for s in snaps), strict=True))
         ),
         iteration_max_s=tuple(map(max, zip(*(s.iteration_max_s for s in snaps), strict=True))),
+        body_bytes_spliced=sum(s.body_bytes_spliced for s in snaps),
+        body_bytes_copied=sum(s.body_bytes_copied for s in snaps),
     )

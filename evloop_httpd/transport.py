@@ -72,6 +72,9 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its head limit
+SPLICE_PIPE_BYTES = 1024 * 1024  # asked of the kernel for the splice pipe (F_SETPIPE_SZ)
+SPLICE_STEPS = 16  # socket-to-file splices per connection per wake-up, for fairness
+SPLICE_MIN = RECV_BYTES  # a body with less than this still due is read: splice costs more
 SENDFILE_CHUNK = 1024 * 1024  # per sendfile call: large enough to keep the kernel busy
 FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
 PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
@@ -81,6 +84,13 @@ CLOSE = -1  # from settle(): the transport is done, close it
 _SENDFILE_UNSUPPORTED = frozenset(
     {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK, errno.EOVERFLOW}
 )
+# Errors that say this socket or file system cannot splice (rather than that something failed).
+_SPLICE_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
+_HAS_SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
+_SPLICE_MOVE = getattr(os, "SPLICE_F_MOVE", 0)
+# Non-blocking on the socket's side whatever the socket's own mode; the pipe is always empty
+# when a step begins, so it never blocks on the pipe's either.
+_SPLICE_FLAGS = _SPLICE_MOVE | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _LINGER_RESET = struct.pack("ii", 1, 0)
 S = ConnState
 
@@ -103,10 +113,60 @@ def unacknowledged(sock: socket.socket) -> int | None:
     return queued
 
 
+class SplicePipe:
+    """The pipe a reactor's uploads are spliced through: socket -> pipe -> file.
+
+    One per reactor (held by the connections' shared :class:`~evloop_httpd.connection.Context`),
+    not one per upload: the loop runs one connection at a time, and each splice step empties
+    the pipe into the file before it returns, so between steps the pipe is always empty and
+    any connection may use it next. Its two descriptors are fixed, like the selector's, and
+    fall within ``descriptors.FD_RESERVE``; an upload holds no descriptor more than on the
+    read path. Opened at the first splice, closed with the server, and dropped (to be opened
+    afresh) if a failed write to a file left bytes in it.
+    """
+
+    __slots__ = ("r", "size", "w")
+
+    def __init__(self) -> None:
+        self.r = self.w = -1
+        self.size = 0
+
+    def open(self) -> None:
+        if self.r >= 0:
+            return
+        self.r, self.w = os.pipe2(os.O_CLOEXEC)
+        try:
+            # A larger pipe moves more per pair of calls; an unprivileged process may ask up to
+            # /proc/sys/fs/pipe-max-size (1 MiB by default). The default (64 KiB) works too.
+            self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, SPLICE_PIPE_BYTES)
+        except (OSError, AttributeError):
+            self.size = (
+                fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
+                if hasattr(fcntl, "F_GETPIPE_SZ")
+                else RECV_BYTES
+            )
+
+    def close(self) -> None:
+        for fd in (self.r, self.w):
+            if fd >= 0:
+                os.close(fd)
+        self.r = self.w = -1
+        self.size = 0
+
+
 class Transport:
     """Plain TCP under one :class:`Connection`. See the module docstring."""
 
-    __slots__ = ("conn", "events", "pending", "shut_wr", "sock", "timer_at", "use_sendfile")
+    __slots__ = (
+        "conn",
+        "events",
+        "pending",
+        "shut_wr",
+        "sock",
+        "timer_at",
+        "use_sendfile",
+        "use_splice",
+    )
 
     can_sendfile: ClassVar[bool] = True  # TLS cannot: see tls.py
     may_buffer: ClassVar[bool] = False  # input held above the kernel (TLS): see buffered()
@@ -125,6 +185,8 @@ class Transport:
         self.timer_at = float("inf")  # see timers.Timers
         # None: sendfile not tried yet on this socket (it may still fall back), True: it works.
         self.use_sendfile: bool | None = None if use_sendfile else False
+        # The same for splicing a body into its file (only this class's inline read does).
+        self.use_splice: bool | None = None if _HAS_SPLICE and conn.ctx.config.use_splice else False
 
     # What the reactor asks.
 
@@ -158,6 +220,10 @@ class Transport:
             if not self.read_inline:
                 self.read(now)
                 return
+            if conn.state is S.READING_BODY and self.use_splice is not False:
+                sink = conn.body_sink()
+                if sink is not None and sink[1] >= SPLICE_MIN and self._splice_body(*sink, now):
+                    return
             # read(), inline: this is the path of every request.
             try:
                 data = self.sock.recv(RECV_BYTES)  # type: ignore[union-attr]
@@ -204,6 +270,81 @@ class Transport:
             self.conn.abort()
             return
         self.conn.receive(data, now)
+
+    def _splice_body(self, file_fd: int, due: int, now: float) -> bool:
+        """Move up to ``due`` body bytes from the socket into ``file_fd`` without bringing them
+        into Python: ``splice`` socket -> pipe, then pipe -> file, in at most ``SPLICE_STEPS``
+        steps, never past the body's end (a pipelined request stays in the socket). False if
+        the socket or the file system cannot splice before it ever worked here: the caller
+        then reads, and so does every later read of this connection."""
+        conn = self.conn
+        ctx = conn.ctx
+        pipe = ctx.pipe
+        if pipe is None:
+            pipe = ctx.pipe = SplicePipe()
+        try:
+            pipe.open()
+        except OSError as exc:  # EMFILE, say: read this body instead
+            ctx.observer.debug(f"#{conn.ident} splice pipe: {exc}")
+            return False
+        splice = os.splice
+        sock_fd = self.fileno()
+        for _ in range(SPLICE_STEPS):
+            ask = min(due, pipe.size)
+            try:
+                n = splice(sock_fd, pipe.w, ask, flags=_SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return True
+            except OSError as exc:
+                if exc.errno in _SPLICE_UNSUPPORTED and not self.use_splice:
+                    self._no_splice(f"socket: {exc}")
+                    return False
+                ctx.observer.debug(f"#{conn.ident} splice from the socket: {exc}")
+                conn.abort()
+                return True
+            if not n:
+                conn.receive(b"", now)  # the client closed: as the read path says it
+                return True
+            if not self._drain_pipe(pipe, file_fd, n, now):
+                return True
+            due -= n
+            conn.received_into_file(n, now)
+            if n < ask or not due or conn.state is not S.READING_BODY:
+                return True  # the socket had no more for now, or the body is done
+        return True
+
+    def _drain_pipe(self, pipe: SplicePipe, file_fd: int, n: int, now: float) -> bool:
+        """Splice the ``n`` bytes in the pipe into the file. False if the connection was told
+        otherwise (the file system cannot splice: the bytes went the read path's way; or the
+        write failed)."""
+        conn = self.conn
+        left = n
+        try:
+            while left:
+                m = os.splice(pipe.r, file_fd, left, flags=_SPLICE_MOVE)
+                if not m:
+                    raise OSError(errno.EIO, "splice into the file wrote nothing")
+                left -= m
+        except OSError as exc:
+            if exc.errno in _SPLICE_UNSUPPORTED and not self.use_splice and left == n:
+                # This file system cannot splice in: take the bytes out of the pipe and hand
+                # them over as if read (the body had nothing buffered, so they come next).
+                self._no_splice(f"file: {exc}")
+                data = os.read(pipe.r, n)
+                while len(data) < n:  # a pipe read returns what is there: all of it, normally
+                    data += os.read(pipe.r, n - len(data))
+                conn.receive(data, now)
+                return False
+            pipe.close()  # whatever is left in it is not the next body's
+            conn.sink_failed(exc, now)
+            return False
+        self.use_splice = True
+        return True
+
+    def _no_splice(self, why: str) -> None:
+        self.use_splice = False
+        conn = self.conn
+        conn.ctx.observer.debug(f"#{conn.ident} splice refused ({why}): the body is read")
 
     def read_proxy_header(self, now: float) -> None:
         """PROXY_HEADER: peek, let the connection parse, take exactly the header's bytes."""

@@ -88,24 +88,39 @@ class Upload:
         """``lstat`` of the target in the checked folder; None when there is none."""
         return lstat_in(self._dir, self.name)
 
+    @property
+    def fd(self) -> int:
+        """The temp file's descriptor (-1 once committed or aborted), for a transport that
+        moves body bytes into it itself (splice) and then reports them with :meth:`wrote`."""
+        return self._fd
+
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             try:
                 n = os.write(self._fd, view)
             except OSError as exc:
-                self.abort()
-                if exc.errno == errno.EFBIG:
-                    raise HttpError(
-                        HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                        "file too large for the disk",
-                        close=True,
-                    ) from None
-                raise os_error_to_http(exc) from None
+                raise self.failed(exc) from None
             view = view[n:]
             self.written += n
         if self._fsync and self.written - self._kicked >= _KICK_BYTES:
             self._sync_as_we_go()
+
+    def wrote(self, n: int) -> None:
+        """``n`` more bytes were written to :attr:`fd` by someone else (spliced): counted, and
+        under ``--fsync`` synced as they go, as :meth:`write` does."""
+        self.written += n
+        if self._fsync and self.written - self._kicked >= _KICK_BYTES:
+            self._sync_as_we_go()
+
+    def failed(self, exc: OSError) -> HttpError:
+        """A write to the temp file failed with ``exc``: abort, and the error to answer."""
+        self.abort()
+        if exc.errno == errno.EFBIG:
+            return HttpError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "file too large for the disk", close=True
+            )
+        return os_error_to_http(exc)
 
     def _sync_as_we_go(self) -> None:
         """Keep what a sync must wait for small: start the kernel writing each MiB out as soon

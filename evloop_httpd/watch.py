@@ -90,6 +90,10 @@ class WatchedConnection(Connection):
             tracer.io(self.ident, recv=len(data))
         super().receive(data, now)
 
+    def received_into_file(self, n: int, now: float) -> None:
+        self.bytes_in += n  # spliced: they never passed through receive()
+        super().received_into_file(n, now)
+
 
 def request_line(conn: Connection) -> bytes | None:
     """The request line of the request ``conn`` serves, rebuilt from its parts (the parser
@@ -365,6 +369,7 @@ def snapshot(server: Server) -> status.Snapshot:
         state_of=_state,
         rank=_rank,
         describe=_describer(now),
+        body_bytes=(server.ctx.body_spliced, server.ctx.body_copied),
     )
 
 

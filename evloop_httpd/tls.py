@@ -164,6 +164,7 @@ class TlsTransport(Transport):
     __slots__ = ("context", "filebuf", "want", "wrapped")
 
     can_sendfile: ClassVar[bool] = False
+    can_splice: ClassVar[bool] = False  # the socket carries records, not the body
     may_buffer: ClassVar[bool] = True
     send_direct: ClassVar[bool] = False
 

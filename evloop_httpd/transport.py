@@ -169,6 +169,9 @@ class Transport:
     )
 
     can_sendfile: ClassVar[bool] = True  # TLS cannot: see tls.py
+    # Whether a body may be spliced into its file: only where bytes on the socket are the
+    # body's (not TLS) and where every read goes through ready()'s inline path (not traced).
+    can_splice: ClassVar[bool] = True
     may_buffer: ClassVar[bool] = False  # input held above the kernel (TLS): see buffered()
     # The hot path's shortcuts, for classes that do not change how a socket is read or sent
     # on (subclasses that do, a traced transport or TLS, turn them off): the pump sends with
@@ -186,7 +189,8 @@ class Transport:
         # None: sendfile not tried yet on this socket (it may still fall back), True: it works.
         self.use_sendfile: bool | None = None if use_sendfile else False
         # The same for splicing a body into its file (only this class's inline read does).
-        self.use_splice: bool | None = None if _HAS_SPLICE and conn.ctx.config.use_splice else False
+        splice = self.can_splice and _HAS_SPLICE and conn.ctx.config.use_splice
+        self.use_splice: bool | None = None if splice else False
 
     # What the reactor asks.
 

@@ -143,6 +143,7 @@ class WatchedTransport(_SendWatch, Transport):
     __slots__ = ()
     send_direct = False  # every send through the traced _send
     read_inline = False  # every recv through the traced, capped read
+    can_splice = False  # so bodies too: the trace shows each recv, the faults cap them
 
     def __init__(self, sock: socket.socket, conn: Connection, use_sendfile: bool) -> None:
         super().__init__(sock, conn, use_sendfile)

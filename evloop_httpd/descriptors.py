@@ -3,7 +3,8 @@
 Theory of operation: a connection holds at most two descriptors while it answers a GET (its
 socket and the file being sent) and three while it receives a PUT (its socket, the temp file,
 and the folder the temp file is created in, see :mod:`upload`). Everything else the process
-holds is fixed (the listener, the selector, the waker pair, standard streams, log files), and
+holds is fixed (the listener, the selector, the waker pair, the splice pipe that all uploads of
+the loop share, see ``transport.SplicePipe``, standard streams, log files), and
 the few descriptors a request opens and closes within one step of the loop (a precompressed
 sidecar, a folder being listed or synced, an upload refused below) are opened one request at a
 time, since the loop serves one connection at a time. ``FD_RESERVE`` covers both.

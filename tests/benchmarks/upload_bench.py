@@ -28,6 +28,11 @@ a shared machine the figures mean little when others are busy. Every upload has 
 (``--timeout``), each file is removed after it is checked, and servers are killed in a
 ``finally``. Only loopback.
 
+Which path ours took: ours runs twice, as ``evloop_httpd`` (splice where the kernel can) and
+``evloop_httpd-no-splice`` (``--no-splice``: recv + write), each with a ``--status`` listener;
+after each upload the bench reads ``request_body_bytes`` from its /status.json and prints the
+share of the body that was spliced (``path: splice 99.9%``) or read and written.
+
 Usage: ``python tests/benchmarks/upload_bench.py [--size-mib 256] [--rounds 1] [--dir DIR]``
 (``--size-mib 1024`` for the issue's 1 GiB; ours is started with ``--max-upload`` to match).
 """
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import socket
@@ -46,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +78,7 @@ class Figure:
     others_cpu: float | None = None
     note: str = ""
     server_cpu_s: float | None = None  # the server's user+system CPU for this upload
+    path: str = ""  # ours: which way the body went, from /status.json
 
 
 @dataclass
@@ -81,6 +89,18 @@ class Server:
     root: Path
     log: Path
     samples: list[int] = field(default_factory=list)
+    status_port: int = 0  # ours: its --status listener
+
+
+OURS = ("evloop_httpd", "evloop_httpd-no-splice")
+
+
+def body_bytes(server: Server) -> tuple[int, int]:
+    """Ours: request body bytes (spliced, copied) so far, from its /status.json."""
+    url = f"http://{HOST}:{server.status_port}/status.json"
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        counts = json.load(reply)["request_body_bytes"]
+    return int(counts["spliced"]), int(counts["copied"])
 
 
 def nginx_conf(work: Path, root: Path, port: int) -> Path:
@@ -122,11 +142,16 @@ def started(name: str, work: Path, size: int) -> Iterator[Server]:
     root.mkdir()
     port = free_port()
     log = work / f"{name}.log"
-    if name == "evloop_httpd":
+    status_port = 0
+    if name in OURS:
+        status_port = free_port()
         argv = [
             sys.executable, "-m", "evloop_httpd", "-p", str(port), "-d", str(root), "-b", HOST,
             "-q", "--max-upload", str(size + 64 * 1024),  # a form adds its part head
+            "--status", f"{HOST}:{status_port}",  # to ask which path the body took
         ]  # fmt: skip
+        if name.endswith("-no-splice"):
+            argv.append("--no-splice")
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     else:
         binary = _nginx_binary() or "nginx"
@@ -143,7 +168,7 @@ def started(name: str, work: Path, size: int) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = Server(name, proc, port, root, log)
+    server = Server(name, proc, port, root, log, status_port=status_port)
     try:
         deadline = time.monotonic() + START_DEADLINE_S
         while True:
@@ -214,6 +239,7 @@ def put(
             server.port,
             framing,
         )
+    counts_before = body_bytes(server) if server.status_port else (0, 0)
     meter = OthersMeter(server.proc.pid)
     cpu_before = cpu_seconds(server.proc.pid)
     sampler.start()
@@ -246,18 +272,25 @@ def put(
         sampler.join()
     others = meter.stop()
     cpu = cpu_seconds(server.proc.pid) - cpu_before
+    path = ""
+    if server.status_port:
+        counts = body_bytes(server)
+        spliced, copied = (counts[0] - counts_before[0], counts[1] - counts_before[1])
+        share = spliced / max(1, spliced + copied)
+        path = f"splice {share:.1%}" if spliced else "read+write"
     status = reply[9:12]
     peak = max(server.samples, default=before)
     target = server.root / name
     if status not in (b"201", b"204", b"303") or target.stat().st_size != size:
         got = target.stat().st_size if target.exists() else None
-        return Figure(None, before, peak, others, f"status {status!r}, {got} bytes on disk", cpu)
+        note = f"status {status!r}, {got} bytes on disk"
+        return Figure(None, before, peak, others, note, cpu, path)
     with target.open("rb") as f:  # the last block is the block: the body landed whole
         f.seek(size - min(size, MIB))
         ok = f.read() == BLOCK[: min(size, MIB)]
     target.unlink()
     note = "" if ok else "content mismatch"
-    return Figure(size / MIB / elapsed, before, peak, others, note, cpu)
+    return Figure(size / MIB / elapsed, before, peak, others, note, cpu, path)
 
 
 def dd_limit(work: Path, size: int, timeout: float, source: str) -> Figure:
@@ -302,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds")
     parser.add_argument("--dir", type=Path, default=None, help="where roots and temps go")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per upload")
-    parser.add_argument("--servers", nargs="+", default=["evloop_httpd", "nginx"])
+    parser.add_argument("--servers", nargs="+", default=[*OURS, "nginx"])
     args = parser.parse_args(argv)
     size = args.size_mib * MIB
     if "nginx" in args.servers and _nginx_binary() is None:
@@ -326,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                         fig = put(server, f"body-{round_no}.bin", size, chunked, args.timeout)
                         runs.setdefault(label, []).append(fig)
                         print(f"round {round_no + 1}: {label}: {_describe(fig)}", flush=True)
-                    if server_name == "evloop_httpd":  # the browser's way: one form part
+                    if server_name == OURS[0]:  # the browser's way: one form part
                         label = "evloop_httpd POST multipart"
                         fig = put(server, f"form-{round_no}.bin", size, False, args.timeout, True)
                         runs.setdefault(label, []).append(fig)
@@ -345,7 +378,8 @@ def _describe(fig: Figure) -> str:
     others = "?" if fig.others_cpu is None else f"{fig.others_cpu:.2f}"
     note = f" ({fig.note})" if fig.note else ""
     cpu = "" if fig.server_cpu_s is None else f", server CPU {fig.server_cpu_s:.2f} s"
-    return f"{speed}{rss if fig.rss_before_kib else ''}{cpu}, others {others} CPU{note}"
+    path = f", path: {fig.path}" if fig.path else ""
+    return f"{speed}{rss if fig.rss_before_kib else ''}{cpu}{path}, others {others} CPU{note}"
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -373,16 +407,20 @@ def report(runs: dict[str, list[Figure]], args: argparse.Namespace, load_before:
     print()
     limits = [m for k, m in medians.items() if k.startswith("dd ") and m is not None]
     limit = max(limits, default=None)  # the better of pipe and socket
-    for framing in ("Content-Length", "chunked"):
-        ours, theirs = medians.get(f"evloop_httpd {framing}"), medians.get(f"nginx {framing}")
-        parts = []
-        if ours is not None and theirs:
-            parts.append(f"{ours / theirs:.2f}x nginx")
-        if ours is not None and limit:
-            parts.append(f"{ours / limit:.2f}x dd")
-        if theirs is not None and limit:
-            parts.append(f"(nginx {theirs / limit:.2f}x dd)")
-        print(f"ours, {framing}: {', '.join(parts) or 'n/a'}")
+    for name in OURS:
+        for framing in ("Content-Length", "chunked"):
+            ours, theirs = medians.get(f"{name} {framing}"), medians.get(f"nginx {framing}")
+            if ours is None:
+                continue
+            parts = []
+            if theirs:
+                parts.append(f"{ours / theirs:.2f}x nginx")
+            if limit:
+                parts.append(f"{ours / limit:.2f}x dd")
+            if theirs is not None and limit:
+                parts.append(f"(nginx {theirs / limit:.2f}x dd)")
+            paths = sorted({f.path for f in runs[f"{name} {framing}"] if f.path})
+            print(f"{name}, {framing}: {', '.join(parts) or 'n/a'}; path: {', '.join(paths)}")
     form, plain = medians.get("evloop_httpd POST multipart"), medians.get("nginx Content-Length")
     if form is not None and plain:
         print(f"ours, POST multipart: {form / plain:.2f}x nginx's PUT (Content-Length)")

@@ -139,12 +139,8 @@ class SplicePipe:
             # A larger pipe moves more per pair of calls; an unprivileged process may ask up to
             # /proc/sys/fs/pipe-max-size (1 MiB by default). The default (64 KiB) works too.
             self.size = fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, SPLICE_PIPE_BYTES)
-        except (OSError, AttributeError):
-            self.size = (
-                fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
-                if hasattr(fcntl, "F_GETPIPE_SZ")
-                else RECV_BYTES
-            )
+        except OSError:
+            self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)  # splice means Linux: both exist
 
     def close(self) -> None:
         for fd in (self.r, self.w):

@@ -391,7 +391,7 @@ def report(runs: dict[str, list[Figure]], args: argparse.Namespace, load_before:
     print()
     print(f"PUT of {args.size_mib} MiB, median over {args.rounds} round(s)")
     print(
-        f"{'':34}{'MiB/s':>10}{'RSS before':>12}{'RSS peak':>10}{'CPU s/GiB':>11}{'others CPU':>12}"
+        f"{'':40}{'MiB/s':>10}{'RSS before':>12}{'RSS peak':>10}{'CPU s/GiB':>11}{'others CPU':>12}"
     )
     medians: dict[str, float | None] = {}
     for label, figs in runs.items():
@@ -403,7 +403,7 @@ def report(runs: dict[str, list[Figure]], args: argparse.Namespace, load_before:
         rss = f"{before:>11.1f}M{peak:>9.1f}M" if peak else f"{'':>12}{'':>10}"
         cpu = _median([f.server_cpu_s for f in figs])
         per_gib = "" if cpu is None else f"{cpu * 1024 / args.size_mib:.2f}"
-        print(f"{label:34}{speed:>10}{rss}{per_gib:>11}{others:>12.2f}")
+        print(f"{label:40}{speed:>10}{rss}{per_gib:>11}{others:>12.2f}")
     print()
     limits = [m for k, m in medians.items() if k.startswith("dd ") and m is not None]
     limit = max(limits, default=None)  # the better of pipe and socket

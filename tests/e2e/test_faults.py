@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,9 +196,24 @@ def temp_files(root: Path) -> list[Path]:
 def fail_upload_writes(
     monkeypatch: pytest.MonkeyPatch, err: int, after_bytes: int = 0
 ) -> Callable[[], int]:
-    """Make os.write fail with ``err`` on upload temp files once ``after_bytes`` went through."""
+    """Make os.write fail with ``err`` on upload temp files once ``after_bytes`` went through;
+    os.splice too, by which a Content-Length body reaches its temp file (issue 17)."""
     real_write = os.write
+    real_splice = os.splice
     written = [0]
+
+    def splice(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+        try:
+            name = os.readlink(f"/proc/self/fd/{dst}")
+        except OSError:
+            name = ""
+        if ".evloop-upload-" in name:
+            if written[0] >= after_bytes:
+                raise OSError(err, os.strerror(err))
+            n = real_splice(src, dst, count, *args, **kwargs)
+            written[0] += n
+            return n
+        return real_splice(src, dst, count, *args, **kwargs)
 
     def write(fd: int, data: bytes) -> int:
         try:
@@ -213,6 +229,7 @@ def fail_upload_writes(
         return real_write(fd, data)
 
     monkeypatch.setattr(upload_mod.os, "write", write)
+    monkeypatch.setattr(os, "splice", splice)
     return lambda: written[0]
 
 

@@ -23,6 +23,7 @@ from ..helpers import (
     RunningServer,
     connect,
     get,
+    open_fds,
     request,
     running,
     wait_until,
@@ -260,3 +261,24 @@ def test_status_json_says_which_path_ran(www: Path, use_splice: bool) -> None:
         counts = json.loads(reply.body)["request_body_bytes"]
         assert counts["spliced"] + counts["copied"] == len(body)
         assert (counts["spliced"] > MIB) is use_splice
+
+
+def test_one_pipe_per_loop_closed_with_the_server(www: Path) -> None:
+    # History: the splice pipe is the loop's, shared by its uploads: it must not grow with
+    # them, nor outlive the server.
+    body = body_of(MIB)
+    before = open_fds()
+    with running(www) as srv:
+        for name in ("a", "b", "c"):
+            with Client(srv.port) as c:
+                c.send(put_head(f"/{name}.bin", len(body)) + body)
+                assert c.read_response().status == 201
+        pipe = srv.server.ctx.pipe
+        assert pipe is not None and pipe.r >= 0
+        held = {pipe.r, pipe.w}
+        assert spliced(srv) > 2 * MIB
+    assert pipe.r == -1
+    for fd in held:
+        with pytest.raises(OSError):
+            os.fstat(fd)  # closed (or reused by nothing: this test opens no files meanwhile)
+    assert open_fds() == before

@@ -282,3 +282,23 @@ def test_one_pipe_per_loop_closed_with_the_server(www: Path) -> None:
         with pytest.raises(OSError):
             os.fstat(fd)  # closed (or reused by nothing: this test opens no files meanwhile)
     assert open_fds() == before
+
+
+def test_status_row_counts_spliced_bytes_in(www: Path) -> None:
+    # History: a spliced body never passed through receive(), where the row's bytes_in was
+    # counted, so an upload in progress looked stuck at its head.
+    body = body_of(4 * MIB)
+    with running(www, status=("127.0.0.1", 0)) as srv:
+        sock = connect(srv.port)
+        try:
+            sock.sendall(put_head("/up.bin", len(body)) + body[: 2 * MIB])
+            assert wait_until(lambda: spliced(srv) >= MIB)
+            rows = json.loads(request(srv.status_port, get("/status.json")).body)["connections"][
+                "rows"
+            ]
+            uploading = [r for r in rows if r["state"] == "READING_BODY"]
+            assert len(uploading) == 1
+            assert uploading[0]["bytes_in"] >= MIB
+        finally:
+            sock.close()
+        assert wait_until(lambda: not temps(www))

@@ -43,7 +43,9 @@ FDS_PER_UPLOAD = 3  # a PUT: the socket, the temp file, the folder's descriptor
 # Beyond the socket: the checking walk at MAX_DEPTH levels (two each) and the stream's first
 # level while it prepares; the stream's walk and the file being read afterwards.
 FDS_PER_ZIP = 2 * MAX_DEPTH + 2
-FD_RESERVE = 64  # fixed descriptors (~10) plus those opened and closed within one step (<= 3)
+# Fixed descriptors (~12, the loop's splice pipe included) plus those opened and closed
+# within one step (<= 3).
+FD_RESERVE = 64
 UPLOAD_FLOOR = 16  # the upload cap is never lower (nor below an eighth of the connections)
 
 

@@ -14,6 +14,9 @@ The connection is sans-IO. Its :class:`~evloop_httpd.transport.Transport` asks i
 calls, each given the current time:
 
 * :meth:`Connection.receive` with bytes from the peer (``b""`` for end of stream);
+* :meth:`Connection.received_into_file` after the transport moved ``n`` bytes of a PUT body
+  from the socket straight into the file :meth:`Connection.body_sink` offered (splice), or
+  :meth:`Connection.sink_failed` when writing them failed;
 * :meth:`Connection.wrote` after the socket took ``n`` bytes of :meth:`Connection.to_send`, or
   after the transport held them back to send with the next response;
 * :meth:`Connection.streamed` after ``n`` bytes of the file span went out;

@@ -22,6 +22,14 @@ system calls do that is the transport's business alone:
   is off or unsupported. The fall-back happens only before any sendfile on this socket has
   worked: a socket that took sendfile once and refuses it now has a real problem. A file that
   ends before the promised length was truncated under us: the connection aborts.
+* **Bodies into files.** While the connection reads a ``Content-Length`` PUT body and has
+  nothing buffered, it offers a sink (:meth:`Connection.body_sink`: the temp file and the
+  bytes due), and the next bytes on the socket are the body's. They go with ``os.splice``,
+  socket -> pipe -> file, never through Python and never past the body's end (a pipelined
+  request stays in the socket), at most ``SPLICE_STEPS`` pipe-fulls per turn; the connection
+  is told ``received_into_file(n)`` and keeps its timers and the upload's accounting as if it
+  had read them. One pipe serves the whole loop (:class:`SplicePipe`). Splice falls back to
+  ``recv`` like sendfile does, only before it ever worked on this connection.
 * **Held-back batch.** A whole in-memory response that another pipelined response will follow
   at once (:meth:`Connection.response_follows`) is not sent but kept in ``pending`` (up to
   ``STAGE_BYTES``), and the batch goes out with the last one in one ``sendmsg``: one system

@@ -76,7 +76,7 @@ from .log import Logs, Tracer
 from .states import READ, ConnState
 from .status import StatsCollector
 from .timers import Timers
-from .transport import CLOSE, Transport, unacknowledged
+from .transport import CLOSE, Transport, tune_listener, unacknowledged
 
 if TYPE_CHECKING:
     from .watch import StatusShare
@@ -199,6 +199,7 @@ class Server:
         in a worker that closes only its own copy, and the queue stays with the others."""
         for sock in socks:
             sock.setblocking(False)
+            tune_listener(sock)
             self.listeners.append(_Listening(sock))
         self.address = self.listeners[0].sock.getsockname()
         # A connection's local address is the listener's, unless that is a wildcard or there

@@ -57,6 +57,18 @@ follows stays in the kernel for the HTTP parser or OpenSSL (which reads the desc
 and could not be handed bytes already taken), and a header trickled in pieces leaves nothing
 unread behind it for the selector to report again.
 
+**Unsent bytes stay few** (``NOTSENT_LOWAT``). Linux lets a socket queue megabytes that are
+not yet sent, and a large file fills that queue at once. Then it is the *peer's ACKs* that send
+the rest: each ACK frees window, and the kernel transmits more from the queue right there, in
+the softirq of whichever CPU took the ACK. On loopback that is the client's CPU, which so does
+the whole TCP stack of both ends while ours idles (measured: 10 MiB downloads ran at half the
+speed of CPython's threaded server, whose blocking writes keep the sending on its own CPU). A
+listener with ``TCP_NOTSENT_LOWAT`` hands that setting to every socket it accepts: the socket
+takes only a little beyond what can leave at once, reports writable when the queue drains
+below it, and the next ``sendfile`` sends from our side. On a real network it also keeps
+memory per connection down and latency for the next response low; bytes in flight are not
+limited by it.
+
 One call to :meth:`Transport.pump` sends until the kernel refuses or ``PUMP_BUDGET`` sends
 have been made, so one fast client downloading a large file, or sending a deep pipeline, cannot
 keep the loop from everyone else.
@@ -83,7 +95,11 @@ RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its
 SPLICE_PIPE_BYTES = 1024 * 1024  # asked of the kernel for the splice pipe (F_SETPIPE_SZ)
 SPLICE_STEPS = 16  # socket-to-file splices per connection per wake-up, for fairness
 SPLICE_MIN = RECV_BYTES  # a body with less than this still due is read: splice costs more
-SENDFILE_CHUNK = 1024 * 1024  # per sendfile call: large enough to keep the kernel busy
+# Per sendfile call. Each call goes on only while the socket can take more, and with
+# NOTSENT_LOWAT that is little more than what the peer's window lets out at once; 256 KiB
+# measured as well as 1 MiB or better (docs/performance.md) and bounds a turn to 4 MiB.
+SENDFILE_CHUNK = 256 * 1024
+NOTSENT_LOWAT = 32 * 1024  # unsent bytes a socket may queue beyond what is in flight
 FALLBACK_CHUNK = 64 * 1024  # per pread+send when sendfile is off or unsupported
 PUMP_BUDGET = 16  # sends per connection per wake-up, for fairness
 STAGE_BYTES = 64 * 1024  # pipelined responses held back to go out in one send
@@ -119,6 +135,16 @@ def unacknowledged(sock: socket.socket) -> int | None:
         return None
     queued: int = struct.unpack("i", out)[0]
     return queued
+
+
+def tune_listener(sock: socket.socket) -> None:
+    """Set what accepted sockets inherit from their listener (Linux copies it): the
+    ``NOTSENT_LOWAT`` bound, once here instead of once per connection. Not a TCP socket (a
+    Unix one handed over by systemd), or a kernel without the option: left as it is."""
+    lowat = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+    if lowat is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, lowat, NOTSENT_LOWAT)
 
 
 class SplicePipe:
@@ -403,7 +429,13 @@ class Transport:
                         conn.wrote(len(out), now)
                         continue
                     if not pending:
-                        conn.wrote(send(out), now)
+                        if conn.file_remaining and self.send_direct:
+                            # File bytes follow at once: MSG_MORE lets the kernel put the head
+                            # in their first segment instead of sending it in one of its own,
+                            # a packet fewer per response for both ends (docs/performance.md).
+                            conn.wrote(self.sock.send(out, socket.MSG_MORE), now)  # type: ignore[union-attr]
+                        else:
+                            conn.wrote(send(out), now)
                         state = conn.state
                         if state is S.READING_HEADERS or state is S.LINGERING:
                             break  # the response is done and no other was started: the usual end

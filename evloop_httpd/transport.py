@@ -26,10 +26,12 @@ system calls do that is the transport's business alone:
   nothing buffered, it offers a sink (:meth:`Connection.body_sink`: the temp file and the
   bytes due), and the next bytes on the socket are the body's. They go with ``os.splice``,
   socket -> pipe -> file, never through Python and never past the body's end (a pipelined
-  request stays in the socket), at most ``SPLICE_STEPS`` pipe-fulls per turn; the connection
-  is told ``received_into_file(n)`` and keeps its timers and the upload's accounting as if it
-  had read them. One pipe serves the whole loop (:class:`SplicePipe`). Splice falls back to
-  ``recv`` like sendfile does, only before it ever worked on this connection.
+  request stays in the socket), at most ``SPLICE_STEPS`` pipe-fulls per turn and only within
+  the turn's work budget (``ctx.may_start``: each step writes a pipe-full to the page cache);
+  the connection is told ``received_into_file(n)`` and keeps its timers and the upload's
+  accounting as if it had read them. One pipe serves the whole loop (:class:`SplicePipe`).
+  Splice falls back to ``recv`` like sendfile does, only before it ever worked on this
+  connection.
 * **Held-back batch.** A whole in-memory response that another pipelined response will follow
   at once (:meth:`Connection.response_follows`) is not sent but kept in ``pending`` (up to
   ``STAGE_BYTES``), and the batch goes out with the last one in one ``sendmsg``: one system
@@ -93,7 +95,7 @@ if TYPE_CHECKING:
 
 RECV_BYTES = 64 * 1024  # one recv; also what a connection may buffer beyond its head limit
 SPLICE_PIPE_BYTES = 1024 * 1024  # asked of the kernel for the splice pipe (F_SETPIPE_SZ)
-SPLICE_STEPS = 16  # socket-to-file splices per connection per wake-up, for fairness
+SPLICE_STEPS = 16  # socket-to-file splices per connection per wake-up, within the work budget
 SPLICE_MIN = RECV_BYTES  # a body with less than this still due is read: splice costs more
 # Per sendfile call. Each call goes on only while the socket can take more, and with
 # NOTSENT_LOWAT that is little more than what the peer's window lets out at once; 256 KiB
@@ -345,6 +347,10 @@ class Transport:
             conn.received_into_file(n, now)
             if n < ask or not due or conn.state is not S.READING_BODY:
                 return True  # the socket had no more for now, or the body is done
+            if not ctx.may_start():
+                # The turn's work budget is spent: a step is a pipe-full written to the page
+                # cache, and 16 of them back to back held everyone else's turn for 70-80 ms.
+                return True
         return True
 
     def _drain_pipe(self, pipe: SplicePipe, file_fd: int, n: int, now: float) -> bool:

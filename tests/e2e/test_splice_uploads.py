@@ -302,3 +302,37 @@ def test_status_row_counts_spliced_bytes_in(www: Path) -> None:
         finally:
             sock.close()
         assert wait_until(lambda: not temps(www))
+
+
+def test_a_turn_splices_only_while_its_work_budget_lasts(
+    www: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # History: a turn made up to 16 pipe-fulls (16 MiB to the page cache) back to back, and a
+    # probe's GET waited 70-80 ms behind one fast upload.
+    from evloop_httpd import reactor
+    from evloop_httpd.transport import Transport
+
+    monkeypatch.setattr(reactor, "WORK_BUDGET_S", 0.0)  # spent after the first step of a turn
+    per_turn: list[int] = []
+    real_ready, real_splice = Transport.ready, os.splice
+
+    def ready(self: Transport, *args: Any) -> None:
+        per_turn.append(0)
+        real_ready(self, *args)
+
+    def counting_splice(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+        if stat.S_ISSOCK(os.fstat(src).st_mode) and per_turn:
+            per_turn[-1] += 1
+        return real_splice(src, dst, count, *args, **kwargs)
+
+    monkeypatch.setattr(Transport, "ready", ready)
+    monkeypatch.setattr(os, "splice", counting_splice)
+    size = 8 * MIB
+    body = body_of(size)
+    with running(www) as srv, Client(srv.port) as c:
+        c.send(put_head("/up.bin", size) + body)  # far more than a pipe-full waits at a time
+        assert c.read_response().status == 201
+        assert (www / "up.bin").read_bytes() == body
+        assert spliced(srv) >= size - 128 * 1024
+    assert max(per_turn) == 1, per_turn
+    assert sum(per_turn) >= 8  # 1 MiB a step at most: the body took many turns

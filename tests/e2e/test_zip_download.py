@@ -91,25 +91,33 @@ def read_chunked(sock: socket.socket, buf: bytes, recv_size: int = 65536) -> tup
     """A chunked body, strictly framed (RFC 9112 §7.1); the bytes after it. Raises on a
     close or reset before the last chunk."""
     out = bytearray()
+    # Parsed up to ``pos``: an offset, not a new slice per chunk, which copied what was left
+    # of a large body in hand once for every chunk.
+    wire = bytearray(buf)
+    pos = 0
     while True:
-        while b"\r\n" not in buf:
+        if pos > 1 << 20:
+            del wire[:pos]
+            pos = 0
+        while (end := wire.find(b"\r\n", pos)) < 0:
             data = sock.recv(recv_size)
             if not data:
                 raise EOFError("closed before the last chunk")
-            buf += data
-        line, _, buf = buf.partition(b"\r\n")
+            wire += data
+        line = bytes(wire[pos:end])
         assert re.fullmatch(rb"[0-9a-f]+", line), line
         size = int(line, 16)
-        while len(buf) < size + 2:
+        pos = end + 2
+        while len(wire) - pos < size + 2:
             data = sock.recv(recv_size)
             if not data:
                 raise EOFError("closed in a chunk")
-            buf += data
-        assert buf[size : size + 2] == b"\r\n"
+            wire += data
+        assert wire[pos + size : pos + size + 2] == b"\r\n"
         if size == 0:
-            return bytes(out), buf[2:]
-        out += buf[:size]
-        buf = buf[size + 2 :]
+            return bytes(out), bytes(wire[pos + 2 :])
+        out += wire[pos : pos + size]
+        pos += size + 2
 
 
 def get_zip(port: int, path: str = "/photos/?download=zip") -> tuple[dict[str, str], bytes]:

@@ -201,15 +201,17 @@ def test_soak_has_no_descriptor_or_memory_growth(tmp_path: Path) -> None:
                     assert len(c.read_response().body) == 100_000
             assert request(port, get("/hello.txt", "Connection: close\r\n")).body == SMALL
 
-        for _ in range(100):  # warm-up
+        for _ in range(50):  # warm-up
             round_()
         assert wait_until(lambda: open_fds(proc.pid) == 7), open_fds(proc.pid)
         rss0, fds0 = rss_kib(proc.pid), open_fds(proc.pid)
-        for _ in range(400):  # 40,000 more requests
+        # 20,000 more requests (it was 40,000 for twice the bound: the same 52 bytes a request;
+        # measured growth is 30 to 70 KiB).
+        for _ in range(200):
             round_()
         assert wait_until(lambda: open_fds(proc.pid) == fds0), (open_fds(proc.pid), fds0)
         growth = rss_kib(proc.pid) - rss0
-        assert growth < 2048, f"RSS grew {growth} KiB over 40,000 requests"
+        assert growth < 1024, f"RSS grew {growth} KiB over 20,000 requests"
     finally:
         proc.terminate()
         proc.communicate(timeout=DEADLINE_S)

@@ -83,53 +83,77 @@ extra_field = st.tuples(extra_name, field_value)
 ows = st.sampled_from([b"", b" ", b"\t", b"  "])
 
 
+# The strategies the composites below draw from are built once, here: a strategy built inside
+# a composite is built (and validated by hypothesis) again for every draw, which cost more than
+# the drawing itself. The same strategies draw the same inputs either way.
+_booleans = st.booleans()
+_int_0_3 = st.integers(0, 3)
+_int_0_4 = st.integers(0, 4)
+_int_0_5 = st.integers(0, 5)
+_chunk_datas = st.lists(st.binary(min_size=1, max_size=40), max_size=4)
+_ext_value = st.one_of(token, st.just(b'"a b\\"c"'))
+_trailers = st.lists(extra_field, max_size=2)
+
+
 @st.composite
 def chunked_body(draw: st.DrawFn) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
     """(wire bytes, payload, trailers) of a valid chunked body."""
     wire: list[bytes] = []
     payload: list[bytes] = []
-    for data in draw(st.lists(st.binary(min_size=1, max_size=40), max_size=4)):
+    for data in draw(_chunk_datas):
         size = b"%x" % len(data)
-        if draw(st.booleans()):
+        if draw(_booleans):
             size = size.upper()
-        size = b"0" * draw(st.integers(0, 3)) + size
+        size = b"0" * draw(_int_0_3) + size
         ext = b""
-        if draw(st.integers(0, 4)) == 0:
+        if draw(_int_0_4) == 0:
             ext = b";" + draw(token)
-            if draw(st.booleans()):
-                ext += b"=" + draw(st.one_of(token, st.just(b'"a b\\"c"')))
+            if draw(_booleans):
+                ext += b"=" + draw(_ext_value)
         wire.append(size + ext + b"\r\n" + data + b"\r\n")
         payload.append(data)
-    trailers = draw(st.lists(extra_field, max_size=2))
+    trailers = draw(_trailers)
     wire.append(b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n")
     return b"".join(wire), b"".join(payload), [(n.lower(), v) for n, v in trailers]
+
+
+_target = st.one_of(origin_form, origin_form, origin_form, absolute_form)
+_fields = st.lists(extra_field, max_size=5)
+_framing = st.sampled_from(["none", "none", "length", "chunked"])
+_length_body = st.binary(max_size=60)
+_length_name = st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"])
+_chunked_body = chunked_body()
+_coding = st.sampled_from([b"chunked", b"Chunked", b"CHUNKED"])
+_connection = st.sampled_from([b"close", b"keep-alive"])
+# st.integers(0, n) for every n a request can need (fields: up to 5 extra, Host, framing).
+_index_upto = [st.integers(0, n) for n in range(8)]
 
 
 @st.composite
 def valid_request(draw: st.DrawFn, http_10: bool | None = None) -> bytes:
     """One complete, valid request that both parsers must accept."""
-    is_10 = draw(st.integers(0, 5)) == 0 if http_10 is None else http_10
+    is_10 = draw(_int_0_5) == 0 if http_10 is None else http_10
     m = draw(method)
-    target = draw(st.one_of(origin_form, origin_form, origin_form, absolute_form))
-    if m == b"OPTIONS" and draw(st.integers(0, 3)) == 0:
+    target = draw(_target)
+    if m == b"OPTIONS" and draw(_int_0_3) == 0:
         target = b"*"
-    fields = list(draw(st.lists(extra_field, max_size=5)))
-    if not is_10 or draw(st.booleans()):
-        fields.insert(draw(st.integers(0, len(fields))), (b"Host", draw(authority)))
+    fields = list(draw(_fields))
+    if not is_10 or draw(_booleans):
+        fields.insert(draw(_index_upto[len(fields)]), (b"Host", draw(authority)))
     body = b""
-    framing = draw(st.sampled_from(["none", "none", "length", "chunked"]))
+    framing = draw(_framing)
     if framing == "chunked" and is_10:
         framing = "length"
     if framing == "length":
-        body = draw(st.binary(max_size=60))
-        name = draw(st.sampled_from([b"Content-Length", b"content-length", b"CONTENT-LENGTH"]))
-        fields.insert(draw(st.integers(0, len(fields))), (name, b"%d" % len(body)))
+        body = draw(_length_body)
+        name = draw(_length_name)
+        fields.insert(draw(_index_upto[len(fields)]), (name, b"%d" % len(body)))
     elif framing == "chunked":
-        body = draw(chunked_body())[0]
-        coding = draw(st.sampled_from([b"chunked", b"Chunked", b"CHUNKED"]))
-        fields.insert(draw(st.integers(0, len(fields))), (b"Transfer-Encoding", coding))
-    if draw(st.integers(0, 5)) == 0:
-        fields.append((b"Connection", draw(st.sampled_from([b"close", b"keep-alive"]))))
+        body = draw(_chunked_body)[0]
+        coding = draw(_coding)
+        fields.insert(draw(_index_upto[len(fields)]), (b"Transfer-Encoding", coding))
+    if draw(_int_0_5) == 0:
+        fields.append((b"Connection", draw(_connection)))
     version = b"HTTP/1.0" if is_10 else b"HTTP/1.1"
     head = m + b" " + target + b" " + version + b"\r\n"
     for name, value in fields:
@@ -140,24 +164,28 @@ def valid_request(draw: st.DrawFn, http_10: bool | None = None) -> bytes:
 pipeline = st.lists(valid_request(), min_size=1, max_size=3).map(b"".join)
 
 
+_special = st.sampled_from([b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b","])
+_inserted = st.one_of(_special, _special, st.binary(min_size=1, max_size=2))
+_edits = st.integers(1, 3)
+_edit_kind = st.sampled_from(
+    ["flip", "insert", "insert", "delete", "dup", "drop", "truncate", "line", "line"]
+)
+_bit = st.integers(0, 7)
+
+
 @st.composite
 def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes:
     """A valid pipeline with one to three edits applied."""
     data = bytearray(draw(base))
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(
-            st.sampled_from(
-                ["flip", "insert", "insert", "delete", "dup", "drop", "truncate", "line", "line"]
-            )
-        )
+    for _ in range(draw(_edits)):
+        kind = draw(_edit_kind)
         if not data:
             break
         i = draw(st.integers(0, len(data) - 1))
         if kind == "flip":
-            data[i] ^= 1 << draw(st.integers(0, 7))
+            data[i] ^= 1 << draw(_bit)
         elif kind == "insert":
-            special = st.sampled_from([b"\r", b"\n", b"\r\n", b"\x00", b" ", b"\t", b":", b","])
-            data[i:i] = draw(st.one_of(special, special, st.binary(min_size=1, max_size=2)))
+            data[i:i] = draw(_inserted)
         elif kind == "delete":
             del data[i]
         elif kind in ("dup", "drop"):
@@ -175,7 +203,7 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes
             # A whole line of a smuggling shape, at a line start.
             at = data.find(b"\r\n", i)
             if at >= 0:
-                data[at + 2 : at + 2] = draw(st.sampled_from(_NASTY_LINES))
+                data[at + 2 : at + 2] = draw(_nasty_line)
         else:
             del data[draw(st.integers(0, len(data))) :]
     return bytes(data)
@@ -207,6 +235,7 @@ _NASTY_LINES = [
     b"GET / HTTP/2.0\r\n",
     b"GET / HTTP/1.0\r\n",
 ]
+_nasty_line = st.sampled_from(_NASTY_LINES)
 
 
 def splits(data: bytes) -> st.SearchStrategy[list[int]]:

@@ -11,7 +11,10 @@ Use the ``chrome`` fixture (re-exported by tests that need it: ``from .browser i
 Every browser gets a fresh profile (its own ``--user-data-dir``) and its own empty download
 folder (a fresh temporary one unless ``prefs`` names another), so that no test saves into the
 home folder; ``prefs`` (Chrome preferences) are laid over these defaults. It is quit at
-teardown. The flags are those a root user in a container needs (no sandbox, no GPU, no
+teardown, or earlier by the test: a test that is done with the browser before its server stops
+calls ``driver.quit()`` first (quitting twice is harmless), because the graceful stop gives a
+just-used keep-alive connection, such as the browser's, ``reactor.STOP_GRACE_S`` (1 s) to send
+a request. The flags are those a root user in a container needs (no sandbox, no GPU, no
 /dev/shm) and keep it off the network (no background requests, component updates or sync): the
 machine has only loopback. A missing chromium or chromedriver fails the test under CI
 (``CI=true``), where the browser tests must run (.ci/run installs them), and skips it elsewhere

@@ -64,4 +64,6 @@ def test_browser_trusting_the_certificate_loads_and_uploads_over_https(
         driver.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
         wait_for(driver, lambda d: d.find_elements(By.LINK_TEXT, "sent.txt"))
         assert wait_until(lambda: (root / "sent.txt").exists())
+        for browser in (untrusting, driver):  # before the stop, which would give an idle
+            browser.quit()  # connection a grace (browser.py)
     assert (root / "sent.txt").read_bytes() == src.read_bytes()

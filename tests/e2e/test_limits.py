@@ -201,15 +201,17 @@ def test_soak_has_no_descriptor_or_memory_growth(tmp_path: Path) -> None:
                     assert len(c.read_response().body) == 100_000
             assert request(port, get("/hello.txt", "Connection: close\r\n")).body == SMALL
 
-        for _ in range(100):  # warm-up
+        for _ in range(50):  # warm-up
             round_()
         assert wait_until(lambda: open_fds(proc.pid) == 7), open_fds(proc.pid)
         rss0, fds0 = rss_kib(proc.pid), open_fds(proc.pid)
-        for _ in range(400):  # 40,000 more requests
+        # 20,000 more requests (it was 40,000 for twice the bound: the same 52 bytes a request;
+        # measured growth is 30 to 70 KiB).
+        for _ in range(200):
             round_()
         assert wait_until(lambda: open_fds(proc.pid) == fds0), (open_fds(proc.pid), fds0)
         growth = rss_kib(proc.pid) - rss0
-        assert growth < 2048, f"RSS grew {growth} KiB over 40,000 requests"
+        assert growth < 1024, f"RSS grew {growth} KiB over 20,000 requests"
     finally:
         proc.terminate()
         proc.communicate(timeout=DEADLINE_S)
@@ -267,9 +269,10 @@ def read_at(sock: socket.socket, rate: int, give_up_s: float) -> tuple[float, in
 def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Path) -> None:
     # History: --min-rate counted bytes the kernel took, so a reader at 57 KiB/s under a
     # 100 KiB/s minimum (stall 2 s) kept its slot for about 50 s instead of about 5.
+    # Run with a 1 s stall (about 2.3 s to the cut): the margins below stay 0.5 s and more.
     with open(tmp_path / "big.bin", "wb") as f:
         f.truncate(BIG)
-    stall, min_rate, rate = 2.0, 100 * 1024, 57 * 1024
+    stall, min_rate, rate = 1.0, 100 * 1024, 57 * 1024
     expected = stall / (1 - rate / min_rate)  # reading r of m per second: acked/m = t - stall
     with running(tmp_path, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
         sock = socket.socket()
@@ -288,10 +291,11 @@ def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Pat
 
 def test_a_reader_above_min_rate_is_not_cut_off(tmp_path: Path) -> None:
     # The other side of the bound: a steady reader a little above the minimum stays on for
-    # many stall periods although the kernel's buffer is far ahead of it.
+    # many stall periods although the kernel's buffer is far ahead of it. Eight periods of
+    # half a second: only a pause of well over half a second in this process could cut it off.
     with open(tmp_path / "big.bin", "wb") as f:
         f.truncate(BIG)
-    stall, min_rate, rate = 1.0, 40 * 1024, 60 * 1024
+    stall, min_rate, rate = 0.5, 40 * 1024, 60 * 1024
     with running(tmp_path, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)

@@ -57,6 +57,7 @@ def test_javascript_uploader_sends_both_files(
         driver.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
         # Both succeed, and the script reloads the page, which then lists them.
         wait_for(driver, lambda d: links(d) == {"one.txt", "two é.bin"})
+        driver.quit()  # before the stop, which would give its idle connection a grace (browser.py)
     assert (root / "up" / "one.txt").read_bytes() == ONE
     assert (root / "up" / "two é.bin").read_bytes() == TWO
     assert sorted(p.name for p in (root / "up").iterdir()) == ["one.txt", "two é.bin"]
@@ -73,6 +74,7 @@ def test_javascript_uploader_shows_a_refusal(
         driver.find_element(By.CSS_SELECTOR, "#upload button[type=submit]").click()
         failed = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#progress .failed"))
         assert "failed (409)" in failed[0].text  # type: ignore[index]
+        driver.quit()  # before the stop, which would give its idle connection a grace (browser.py)
     assert (root / "up" / "one.txt").read_bytes() == b"already here"
 
 
@@ -92,5 +94,6 @@ def test_form_without_javascript_posts_and_follows_the_303(
         wait_for(driver, lambda d: links(d) == {"one.txt", "two é.bin"})
         assert driver.current_url == f"{srv.url}/up/"
         assert wait_until(lambda: (root / "up" / "two é.bin").exists())
+        driver.quit()  # before the stop, which would give its idle connection a grace (browser.py)
     assert (root / "up" / "one.txt").read_bytes() == ONE  # the box asked to overwrite
     assert (root / "up" / "two é.bin").read_bytes() == TWO

@@ -10,6 +10,7 @@ folder page's own link by its text. The saved name comes from the server's
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from pathlib import Path
@@ -55,15 +56,26 @@ def download_folder(tmp_path: Path) -> Path:
     return downloads
 
 
-def saved(downloads: Path, name: str) -> Path:
-    """The finished download ``name``: wait (with a deadline) until the folder holds it and
-    nothing else (Chromium writes into a ``.crdownload`` file and renames it when done)."""
-    assert wait_until(lambda: sorted(os.listdir(downloads)) == [name]), os.listdir(downloads)
-    return downloads / name
+def saved(downloads: Path, name: str) -> bytes:
+    """The finished download ``name``, read while the browser still runs: wait (with a
+    deadline) until the folder holds it and nothing else (Chromium writes into a
+    ``.crdownload`` file and renames it when done) and it is a whole ZIP (its end record is
+    there).
+
+    History: the file was read after ``driver.quit()``; on a loaded machine Chromium now and
+    then deleted the download at quit (it had not yet marked it complete), and the test
+    failed on a missing file that the server had sent whole."""
+    path = downloads / name
+
+    def finished() -> bool:
+        return sorted(os.listdir(downloads)) == [name] and zipfile.is_zipfile(path)
+
+    assert wait_until(finished), os.listdir(downloads)
+    return path.read_bytes()
 
 
-def check_archive(path: Path, files: dict[str, bytes], folders: set[str]) -> None:
-    with zipfile.ZipFile(path) as zf:
+def check_archive(data: bytes, files: dict[str, bytes], folders: set[str]) -> None:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
         assert zf.testzip() is None  # every entry's CRC-32 matches its bytes
         assert set(zf.namelist()) == set(files) | folders
         assert len(zf.namelist()) == len(set(zf.namelist()))  # no entry twice

@@ -12,6 +12,7 @@ import base64
 import hashlib
 from pathlib import Path
 
+import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,6 +34,7 @@ def spki_sha256(pem: bytes) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
 
 
+@pytest.mark.slow
 def test_browser_trusting_the_certificate_loads_and_uploads_over_https(
     chrome: ChromeFactory, tmp_path: Path
 ) -> None:

@@ -68,6 +68,7 @@ def test_max_connections_pauses_accept_until_a_slot_frees(www: Path) -> None:
                 c.close()
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_finishes_responses_and_aborts_puts(tmp_path: Path) -> None:
     root = tmp_path / "www"
     root.mkdir()
@@ -266,6 +267,7 @@ def read_at(sock: socket.socket, rate: int, give_up_s: float) -> tuple[float, in
     return float("inf"), got
 
 
+@pytest.mark.slow
 def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Path) -> None:
     # History: --min-rate counted bytes the kernel took, so a reader at 57 KiB/s under a
     # 100 KiB/s minimum (stall 2 s) kept its slot for about 50 s instead of about 5.
@@ -289,6 +291,7 @@ def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Pat
     assert got < BIG
 
 
+@pytest.mark.slow
 def test_a_reader_above_min_rate_is_not_cut_off(tmp_path: Path) -> None:
     # The other side of the bound: a steady reader a little above the minimum stays on for
     # many stall periods although the kernel's buffer is far ahead of it. Eight periods of

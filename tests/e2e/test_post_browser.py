@@ -44,6 +44,7 @@ def links(driver: WebDriver) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_javascript_uploader_sends_both_files(
     chrome: ChromeFactory, root: Path, sources: tuple[Path, Path]
 ) -> None:
@@ -78,6 +79,7 @@ def test_javascript_uploader_shows_a_refusal(
     assert (root / "up" / "one.txt").read_bytes() == b"already here"
 
 
+@pytest.mark.slow
 def test_form_without_javascript_posts_and_follows_the_303(
     chrome: ChromeFactory, root: Path, sources: tuple[Path, Path]
 ) -> None:

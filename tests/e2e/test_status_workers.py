@@ -10,6 +10,7 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +25,7 @@ def status_port(out: str) -> int:
     return int(line.rsplit(":", 1)[1].rstrip("/"))
 
 
+@pytest.mark.slow
 def test_the_status_covers_every_worker(tmp_path: Path) -> None:
     root = tmp_path / "site"
     root.mkdir()

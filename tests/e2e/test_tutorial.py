@@ -9,11 +9,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from ..helpers import REPO
 
 TIMEOUT_S = 120  # six scenarios, each a server start and a few round trips (about 3 s total)
 
 
+@pytest.mark.slow
 def test_the_tutorial_traces_are_what_the_server_prints_today() -> None:
     proc = subprocess.run(
         [sys.executable, str(REPO / "docs" / "tutorial_gen.py"), "--check"],

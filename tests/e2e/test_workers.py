@@ -342,6 +342,7 @@ def test_open_listeners_gives_each_slot_its_own_socket_on_one_port() -> None:
 ROUNDS = 20  # about 1 in 10 starts hung before the fix
 
 
+@pytest.mark.slow
 def test_sigterm_right_after_start_stops_every_time(root: Path) -> None:
     # History: a SIGTERM that reached a worker between its fork and its own handlers ran the
     # supervisor's handler copied into it, which only queued the signal in the child's memory:

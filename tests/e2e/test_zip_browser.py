@@ -95,6 +95,7 @@ def by_accessible_name(driver: WebDriver, name: str) -> WebElement:
     return found[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("javascript", [True, False], ids=["js", "nojs"])
 def test_folder_row_link_downloads_the_folder(
     chrome: ChromeFactory, tmp_path: Path, javascript: bool
@@ -115,6 +116,7 @@ def test_folder_row_link_downloads_the_folder(
     check_archive(archive, files, folders)
 
 
+@pytest.mark.slow
 def test_folder_page_link_downloads_it_under_its_unicode_name(
     chrome: ChromeFactory, tmp_path: Path
 ) -> None:

@@ -384,6 +384,7 @@ def test_a_reader_that_stops_gets_no_more_made_and_blocks_no_one(tmp_path: Path)
         assert [i.file_size for i in z.infolist()] == [32 * MIB] * 2
 
 
+@pytest.mark.slow
 def test_server_memory_stays_flat_for_a_large_tree(tmp_path: Path) -> None:
     """A subprocess server's peak RSS (VmHWM) over a 512 MiB archive grows by far less than
     it: the archive passes through one piece at a time."""

@@ -202,31 +202,25 @@ def fail_upload_writes(
     real_splice = os.splice
     written = [0]
 
-    def splice(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+    def counted(fd: int, do: Callable[[], int]) -> int:
+        """Run ``do`` (a write or splice into ``fd``); into a temp file, fail past the budget."""
         try:
-            name = os.readlink(f"/proc/self/fd/{dst}")
+            into_temp = ".evloop-upload-" in os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            name = ""
-        if ".evloop-upload-" in name:
-            if written[0] >= after_bytes:
-                raise OSError(err, os.strerror(err))
-            n = real_splice(src, dst, count, *args, **kwargs)
-            written[0] += n
-            return n
-        return real_splice(src, dst, count, *args, **kwargs)
+            into_temp = False
+        if not into_temp:
+            return do()
+        if written[0] >= after_bytes:
+            raise OSError(err, os.strerror(err))
+        n = do()
+        written[0] += n
+        return n
+
+    def splice(src: int, dst: int, count: int, *args: Any, **kwargs: Any) -> int:
+        return counted(dst, lambda: real_splice(src, dst, count, *args, **kwargs))
 
     def write(fd: int, data: bytes) -> int:
-        try:
-            name = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            name = ""
-        if ".evloop-upload-" in name:
-            if written[0] >= after_bytes:
-                raise OSError(err, os.strerror(err))
-            n = real_write(fd, data)
-            written[0] += n
-            return n
-        return real_write(fd, data)
+        return counted(fd, lambda: real_write(fd, data))
 
     monkeypatch.setattr(upload_mod.os, "write", write)
     monkeypatch.setattr(os, "splice", splice)

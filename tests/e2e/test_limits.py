@@ -267,25 +267,33 @@ def read_at(sock: socket.socket, rate: int, give_up_s: float) -> tuple[float, in
     return float("inf"), got
 
 
-@pytest.mark.slow
-def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Path) -> None:
-    # History: --min-rate counted bytes the kernel took, so a reader at 57 KiB/s under a
-    # 100 KiB/s minimum (stall 2 s) kept its slot for about 50 s instead of about 5.
-    # Run with a 1 s stall (about 2.3 s to the cut): the margins below stay 0.5 s and more.
-    with open(tmp_path / "big.bin", "wb") as f:
+def download_slowly(
+    root: Path, stall: float, min_rate: int, rate: int, give_up_s: float
+) -> tuple[float, int]:
+    """GET a ``BIG`` sparse file under ``--stall-timeout stall --min-rate min_rate`` through a
+    16 KiB receive buffer, reading at ``rate`` (``read_at``): (seconds until cut off, bytes)."""
+    with open(root / "big.bin", "wb") as f:
         f.truncate(BIG)
-    stall, min_rate, rate = 1.0, 100 * 1024, 57 * 1024
-    expected = stall / (1 - rate / min_rate)  # reading r of m per second: acked/m = t - stall
-    with running(tmp_path, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
+    with running(root, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
         sock.settimeout(DEADLINE_S)
         sock.connect(("127.0.0.1", srv.port))
         try:
             sock.sendall(get("/big.bin"))
-            took, got = read_at(sock, rate, give_up_s=4 * expected)
+            return read_at(sock, rate, give_up_s)
         finally:
             sock.close()
+
+
+@pytest.mark.slow
+def test_a_reader_below_min_rate_is_judged_on_what_it_acknowledged(tmp_path: Path) -> None:
+    # History: --min-rate counted bytes the kernel took, so a reader at 57 KiB/s under a
+    # 100 KiB/s minimum (stall 2 s) kept its slot for about 50 s instead of about 5.
+    # Run with a 1 s stall (about 2.3 s to the cut): the margins below stay 0.5 s and more.
+    stall, min_rate, rate = 1.0, 100 * 1024, 57 * 1024
+    expected = stall / (1 - rate / min_rate)  # reading r of m per second: acked/m = t - stall
+    took, got = download_slowly(tmp_path, stall, min_rate, rate, give_up_s=4 * expected)
     print(f"closed after {took:.2f} s, {got} bytes read; expected about {expected:.2f} s")
     assert expected * 0.8 < took < expected * 2, (took, got, expected)  # before: about 50 s
     assert got < BIG
@@ -296,19 +304,8 @@ def test_a_reader_above_min_rate_is_not_cut_off(tmp_path: Path) -> None:
     # The other side of the bound: a steady reader a little above the minimum stays on for
     # many stall periods although the kernel's buffer is far ahead of it. Eight periods of
     # half a second: only a pause of well over half a second in this process could cut it off.
-    with open(tmp_path / "big.bin", "wb") as f:
-        f.truncate(BIG)
     stall, min_rate, rate = 0.5, 40 * 1024, 60 * 1024
-    with running(tmp_path, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        sock.settimeout(DEADLINE_S)
-        sock.connect(("127.0.0.1", srv.port))
-        try:
-            sock.sendall(get("/big.bin"))
-            took, got = read_at(sock, rate, give_up_s=8 * stall)
-        finally:
-            sock.close()
+    took, got = download_slowly(tmp_path, stall, min_rate, rate, give_up_s=8 * stall)
     assert took == float("inf"), (took, got)
     assert got > 6 * stall * rate
 

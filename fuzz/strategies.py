@@ -173,10 +173,9 @@ _edit_kind = st.sampled_from(
 _bit = st.integers(0, 7)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes:
-    """A valid pipeline with one to three edits applied."""
-    data = bytearray(draw(base))
+def _damage(draw: st.DrawFn, valid: bytes) -> bytes:
+    """``valid`` with one to three edits applied, each drawn with ``draw``."""
+    data = bytearray(valid)
     for _ in range(draw(_edits)):
         kind = draw(_edit_kind)
         if not data:
@@ -207,6 +206,23 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes
         else:
             del data[draw(st.integers(0, len(data))) :]
     return bytes(data)
+
+
+@st.composite
+def mutated(draw: st.DrawFn, base: st.SearchStrategy[bytes] = pipeline) -> bytes:
+    """A valid pipeline with one to three edits applied."""
+    return _damage(draw, draw(base))
+
+
+@st.composite
+def pipeline_and_damage(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """A valid pipeline, and the same pipeline with one to three edits applied.
+
+    Two inputs for the price of one: drawing the pipeline is most of hypothesis's work (about
+    a hundred choices against a handful for the edits), so a test that wants many of both
+    checks each pipeline whole and then damaged."""
+    valid = draw(pipeline)
+    return valid, _damage(draw, valid)
 
 
 _NASTY_LINES = [

@@ -195,7 +195,7 @@ def expect_continue(root: Path) -> list[str]:
 
 
 def slow_client(root: Path) -> list[str]:
-    srv = Traced(root, "--head-timeout", "1.5")  # ample: the head must come first
+    srv = Traced(root, "--head-timeout", "0.5")  # ample: the head must come first
     with connect(srv.port) as c:
         srv.wait_for("accepted from")
         # Well after the accept: the head's deadline then moves by more than select's 1 ms

@@ -11,6 +11,8 @@ import httpx
 import pytest
 import requests
 
+from evloop_httpd import reactor
+
 from ..helpers import curl, running
 
 BIG = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit: several recvs, several steps
@@ -61,7 +63,10 @@ def test_curl_follows_the_redirect_to_the_listing(root: Path, sources: Path) -> 
     assert b'href="note.txt"' in done.stdout
 
 
-def test_requests_multipart(root: Path, sources: Path) -> None:
+def test_requests_multipart(root: Path, sources: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # requests closes its socket only when the last response is garbage-collected, so the
+    # stop below would give that idle connection the whole grace for a next request.
+    monkeypatch.setattr(reactor, "STOP_GRACE_S", 0.05)
     nfd = unicodedata.normalize("NFD", "Zoë résumé.txt")
     with running(root) as srv:
         with (sources / "big.bin").open("rb") as big:

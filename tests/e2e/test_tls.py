@@ -25,6 +25,7 @@ import h11
 import pytest
 import trustme
 
+from evloop_httpd import reactor
 from evloop_httpd.reactor import Server
 
 from ..helpers import (
@@ -396,7 +397,12 @@ def test_sessions_are_resumed(tls_server: RunningServer, pki: Pki, version: str)
         assert again.session_reused
 
 
-def test_a_graceful_stop_sends_close_notify(site: Path, pki: Pki) -> None:
+def test_a_graceful_stop_sends_close_notify(
+    site: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stop gives the just-used connection a grace for one more request, then closes it
+    # quietly: the close this test is about. A short grace keeps the test short.
+    monkeypatch.setattr(reactor, "STOP_GRACE_S", 0.05)
     srv = RunningServer(make_config(site, tls_cert=pki.both))  # key in the cert file
     try:
         c = tls_client(srv.port, pki, suppress_ragged_eofs=False)

@@ -142,7 +142,10 @@ def test_a_stop_serves_a_connection_accepted_just_before_it(root: Path) -> None:
         assert c.closed_by_peer()
 
 
-def test_a_stop_closes_a_long_idle_connection_at_once(root: Path) -> None:
+def test_a_stop_closes_a_long_idle_connection_at_once(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reactor, "STOP_GRACE_S", 0.5)  # the idle time to wait out, below
     with running(root) as srv, Client(srv.port, recv_size=4096) as c:
         c.send(b"GET /small.txt HTTP/1.1\r\nHost: t\r\n\r\n")
         assert c.read_response().status == 200

@@ -8,30 +8,16 @@ Chromium is told to trust the certificate by the SHA-256 of its public key
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from pathlib import Path
 
 import pytest
 import trustme
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from selenium.webdriver.common.by import By
 
 from ..helpers import running, wait_until
-from .browser import ChromeFactory, chrome, wait_for
+from .browser import ChromeFactory, chrome, spki_sha256, wait_for
 
 __all__ = ["chrome"]  # the fixture, imported for pytest
-
-
-def spki_sha256(pem: bytes) -> str:
-    """Base64 of the SHA-256 of a certificate's SubjectPublicKeyInfo, as Chromium's
-    ``--ignore-certificate-errors-spki-list`` takes it."""
-    cert = x509.load_pem_x509_certificate(pem)
-    spki = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
 
 
 @pytest.mark.slow

@@ -5,65 +5,21 @@ only that script and style by hash: so only a browser shows whether it works. Wh
 connections open, the page must show one row per connection, with the client's request line as
 text, and a hostile request line must not become markup.
 
-The browser comes from Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them).
-Missing, the test fails (in CI and elsewhere): it is never skipped.
+The browser is Debian's ``chromium`` through ``chromium-driver`` (``.ci/run`` installs them),
+started by browser.py's ``chrome`` fixture.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-# Imported plainly: without selenium (the test extra has it) collecting this file fails.
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from ..helpers import DEADLINE_S, Client, get, running
+from .browser import ChromeFactory, chrome
 
-CHROMIUM_ARGS = (
-    "--headless=new",
-    "--no-sandbox",  # CI runs as root
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",  # no traffic beyond loopback
-    "--disable-component-update",
-    "--disable-sync",
-)
-
-
-def _find(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail(
-        f"this test needs {names[0]} (Debian: apt-get install chromium chromium-driver)",
-        pytrace=False,
-    )
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = Options()
-    options.binary_location = _find("chromium", "chromium-browser")
-    profile = tempfile.mkdtemp(prefix="evloop-chromium-")
-    for arg in (*CHROMIUM_ARGS, f"--user-data-dir={profile}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(_find("chromedriver")), options=options)
-    driver.set_page_load_timeout(DEADLINE_S)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+__all__ = ["chrome"]  # the fixture, imported for pytest
 
 
 def _wait(predicate: object, what: str) -> None:
@@ -75,10 +31,7 @@ def _wait(predicate: object, what: str) -> None:
     raise AssertionError(f"the page never showed {what}")
 
 
-def test_the_page_shows_a_row_per_open_connection(
-    browser: webdriver.Chrome,
-    tmp_path: Path,
-) -> None:
+def test_the_page_shows_a_row_per_open_connection(chrome: ChromeFactory, tmp_path: Path) -> None:
     root = tmp_path / "site"
     root.mkdir()
     (root / "a.txt").write_bytes(b"a\n")
@@ -98,6 +51,7 @@ def test_the_page_shows_a_row_per_open_connection(
             stuck = Client(srv.port)
             stuck.send(get(f"/big.bin?{hostile[1:]}"))
             clients += [half, stuck]
+            browser = chrome()
             browser.get(f"http://127.0.0.1:{srv.status_port}/")
             peers = {f"127.0.0.1:{c.sock.getsockname()[1]}" for c in clients}
 

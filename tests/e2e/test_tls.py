@@ -5,12 +5,10 @@ http.client, h11 over an ssl socket, and curl.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -41,6 +39,9 @@ from ..helpers import (
     spawn_cli,
     wait_until,
 )
+from .browser import ChromeFactory, chrome, spki_sha256
+
+__all__ = ["chrome"]  # the fixture, imported for pytest
 
 
 class Pki:
@@ -686,49 +687,19 @@ def test_a_response_cut_short_is_not_a_clean_end_over_tls(
         assert got < 40 * 1024 * 1024
 
 
-def test_a_browser_that_trusts_the_certificate(site: Path, pki: Pki) -> None:
+def test_a_browser_that_trusts_the_certificate(site: Path, pki: Pki, chrome: ChromeFactory) -> None:
     # Chromium, headless, trusting exactly this server's key (by its SPKI pin, as a browser
     # with the CA installed would trust the certificate): it offers h2 and http/1.1 by ALPN
     # and gets the page over HTTP/1.1; plain http:// to the same port gets the 400 page.
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    key = x509.load_pem_x509_certificate(pki.cert.read_bytes()).public_key()
-    spki = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    pin = base64.b64encode(hashlib.sha256(spki).digest()).decode()
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-proxy-server",
-        # Loopback only: no background services, and no name resolved but localhost.
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
-    ):
-        options.add_argument(arg)
-    options.add_argument(f"--ignore-certificate-errors-spki-list={pin}")
-    # An explicit driver: Selenium Manager, which would look for one on the internet, stays out.
-    service = Service(executable_path=shutil.which("chromedriver") or "chromedriver")
+    pin = spki_sha256(pki.cert.read_bytes())
     srv = RunningServer(make_config(site, tls_cert=pki.cert, tls_key=pki.key))
     try:
-        driver = webdriver.Chrome(options=options, service=service)
-        try:
-            driver.set_page_load_timeout(DEADLINE_S)
-            driver.get(f"https://localhost:{srv.port}/hello.txt")
-            assert driver.find_element("tag name", "body").text == "hello over tls"
-            driver.get(f"http://localhost:{srv.port}/hello.txt")
-            assert "use an https:// URL" in driver.find_element("tag name", "body").text
-        finally:
-            driver.quit()
+        driver = chrome(args=[f"--ignore-certificate-errors-spki-list={pin}"])
+        driver.get(f"https://localhost:{srv.port}/hello.txt")
+        assert driver.find_element("tag name", "body").text == "hello over tls"
+        driver.get(f"http://localhost:{srv.port}/hello.txt")
+        assert "use an https:// URL" in driver.find_element("tag name", "body").text
+        driver.quit()  # before the stop, which would give its idle connection a grace (browser.py)
     finally:
         srv.stop()
 

@@ -93,8 +93,16 @@ def running(root: Path, **overrides: Any) -> Iterator[RunningServer]:
         srv.stop()
 
 
-def connect(port: int, timeout: float = DEADLINE_S) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def connect(port: int, timeout: float = DEADLINE_S, rcvbuf: int | None = None) -> socket.socket:
+    """A connection to 127.0.0.1:``port``. ``rcvbuf`` caps the receive buffer (set before
+    the connect, so that the window the server sees is small from the start): a response
+    larger than it stays in the server's hands until the client reads."""
+    if rcvbuf is None:
+        return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", port))
     return sock
 
 

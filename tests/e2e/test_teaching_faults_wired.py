@@ -11,7 +11,7 @@ import pytest
 from evloop_httpd.faults import Faults
 from evloop_httpd.status import ITERATION_BUCKETS_S
 
-from ..helpers import Client, get, request, running
+from ..helpers import Client, connect, get, request, running, wait_until
 
 BIG = 2 * 1024 * 1024
 
@@ -49,9 +49,19 @@ def test_recv_cap_assembles_a_head_from_pieces(site: Path, tmp_path: Path) -> No
 def test_tiny_send_buffer_makes_partial_sends_and_eagain(site: Path, tmp_path: Path) -> None:
     trace = tmp_path / "t.jsonl"
     config = dict(trace=True, trace_form="json", trace_file=trace, faults=Faults(send_buffer=4096))
-    with running(site, **config) as srv, Client(srv.port, 65536) as c:  # type: ignore[arg-type]
-        c.send(get("/big.bin"))
-        reply = c.read_response()
+
+    def refused_a_send() -> bool:
+        lines = trace.read_text().splitlines()
+        return any('"eagain"' in line and '"recv"' not in line for line in lines)
+
+    with running(site, **config) as srv:  # type: ignore[arg-type]
+        with Client(connect(srv.port, rcvbuf=64 * 1024)) as c:
+            c.send(get("/big.bin"))
+            # Nothing is read until the server has met a full connection (the window and the
+            # send buffer hold far less than the file): a client reading at once could keep
+            # up with every send, leaving no EAGAIN to see.
+            assert wait_until(refused_a_send)
+            reply = c.read_response()
         assert reply.status == 200 and len(reply.body) == BIG
     recs = trace_of(trace)
     sends = [r["sent"] for r in recs if r["event"] == "io" and "sent" in r]

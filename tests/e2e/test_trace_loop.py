@@ -21,6 +21,7 @@ from evloop_httpd.states import INTEREST, TRANSITIONS, ConnState, Input
 from ..helpers import (
     DEADLINE_S,
     Client,
+    connect,
     get,
     read_serving_port,
     running,
@@ -122,8 +123,12 @@ def test_json_trace_lines_parse_and_follow_the_table(site: Path, tmp_path: Path)
 
 def test_text_trace_every_line_timestamped_with_the_loop_in_it(site: Path) -> None:
     with running(site, trace=True, faults=Faults(send_buffer=4096)) as srv:
-        with Client(srv.port, recv_size=65536) as c:
+        # The client reads nothing until the server has met a full connection: its window
+        # (64 KiB) and the send buffer cannot hold the 1 MiB. A client that reads at once can
+        # keep up with every sendfile, and then there is no EAGAIN to show (1 run in ~8).
+        with Client(connect(srv.port, rcvbuf=64 * 1024)) as c:
             c.send(get("/big.bin"))
+            assert wait_until(lambda: "EAGAIN on sendfile" in srv.stderr.getvalue())
             assert c.read_response().status == 200
         assert wait_until(lambda: "--PEER_EOF--> CLOSED" in srv.stderr.getvalue())
     lines = [line for line in srv.stderr.getvalue().splitlines() if " trace " in line]

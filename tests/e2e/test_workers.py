@@ -18,20 +18,16 @@ import pytest
 from evloop_httpd import cli, reactor, supervisor
 from evloop_httpd.transport import Transport
 
-from ..helpers import DEADLINE_S, Client, running, wait_until
+from ..helpers import DEADLINE_S, Client, connect, running, wait_until
 from ..workerhelp import KeepAliveLoad, Load, fetch, worker_server
 
 BIG = bytes(range(256)) * 4096 * 4  # 4 MiB: requests on it are in flight for a while
 
 
 def small_window(port: int) -> socket.socket:
-    """A connection with a 64 KiB receive window (set before connect), so a large response
-    stays in flight until the client reads it."""
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
-    s.settimeout(DEADLINE_S)
-    s.connect(("127.0.0.1", port))
-    return s
+    """A connection with a 64 KiB receive window, so a large response stays in flight until
+    the client reads it."""
+    return connect(port, rcvbuf=64 * 1024)
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import io
 import json
 import os
 import select
+import socket
+import stat
 import sys
 import time
 import traceback
@@ -96,18 +98,57 @@ def decoded_path(raw_path: bytes) -> str:
     return escape_text(text)
 
 
+def _nonblocking_view(fd: int) -> tuple[int, bool, socket.socket | None]:
+    """How to write to ``fd`` without ever blocking, whoever else writes to it too: (the
+    descriptor to poll and write, whether it is one of our own to close, the socket to send
+    to with ``MSG_DONTWAIT`` instead).
+
+    ``O_NONBLOCK`` cannot simply be set on stderr: the flag belongs to the open file
+    description, which the shell and the other workers share. So a pipe or FIFO is opened
+    again through /proc, which gives a description of our own on the same pipe, and a socket
+    (systemd's journal stream) is sent to with ``MSG_DONTWAIT``, a per-call flag. A regular
+    file, a terminal, or a system without /proc keeps the plain descriptor.
+
+    History: two workers sharing a stderr pipe could both see it writable, both write, and the
+    second write blocked its worker's whole loop until the reader drained the pipe (a CI run of
+    ``test_logs_of_all_workers_stay_whole_lines`` stalled its load for 60 s)."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
+            flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
+            return os.open(f"/proc/self/fd/{fd}", flags), True, None
+        if stat.S_ISSOCK(mode):
+            return fd, False, socket.socket(fileno=os.dup(fd))
+    except OSError:
+        pass
+    return fd, False, None
+
+
 class _Sink:
     """One buffered text destination that never blocks the loop.
 
     Text is kept in memory until :meth:`flush`. Then, for a real descriptor, only what it can
-    take right now is written: a zero-timeout ``poll`` says it is writable, and each write is at
-    most ``PIPE_BUF`` bytes, which a writable pipe takes without blocking. The rest waits for
-    the next flush. If a reader stalls for good (``server 2>&1 | less``), the backlog is capped
-    at ``MAX_PENDING_BYTES``: the oldest bytes are dropped and the drop is reported in the log
-    once the reader is back. Only the last flush at shutdown waits, and only briefly.
+    take right now is written: a zero-timeout ``poll`` says it is writable, each write is at
+    most ``PIPE_BUF`` bytes, and a pipe or socket is written without blocking
+    (:func:`_nonblocking_view`), since another process may fill it between our poll and our
+    write. The rest waits for the next flush. If a reader stalls for good
+    (``server 2>&1 | less``), the backlog is capped at ``MAX_PENDING_BYTES``: the oldest bytes
+    are dropped and the drop is reported in the log once the reader is back. Only the last
+    flush at shutdown waits, and only briefly.
     """
 
-    __slots__ = ("_broken", "_buf", "_dropped", "_fd", "_file", "_owned", "_pending", "_poll")
+    __slots__ = (
+        "_broken",
+        "_buf",
+        "_dropped",
+        "_fd",
+        "_file",
+        "_own_fd",
+        "_owned",
+        "_pending",
+        "_poll",
+        "_sock",
+    )
 
     MAX_PENDING_BYTES = 4 * 1024 * 1024
     FINAL_WAIT_S = 2.0
@@ -119,10 +160,14 @@ class _Sink:
         self._broken = False
         self._pending = bytearray()
         self._dropped = 0
+        self._own_fd = False
+        self._sock: socket.socket | None = None
         try:
             self._fd = file.fileno()
         except (OSError, ValueError, io.UnsupportedOperation):
             self._fd = -1  # an in-memory stream (tests): plain writes cannot block
+        else:
+            self._fd, self._own_fd, self._sock = _nonblocking_view(self._fd)
         self._poll = select.poll()
         if self._fd >= 0:
             self._poll.register(self._fd, select.POLLOUT)
@@ -166,10 +211,21 @@ class _Sink:
                     note = f"evloop_httpd: a stalled log reader lost {self._dropped} bytes\n"
                     self._pending[:0] = note.encode()
                     self._dropped = 0
-                n = os.write(self._fd, self._pending[: _whole_lines(self._pending)])
+                piece = self._pending[: _whole_lines(self._pending)]
+                try:
+                    if self._sock is not None:
+                        n = self._sock.send(piece, socket.MSG_DONTWAIT)
+                    else:
+                        n = os.write(self._fd, piece)
+                except BlockingIOError:
+                    # Another process filled it between our poll and our write. Serving, the
+                    # rest waits for the next flush; at the last flush, for the reader, a
+                    # millisecond at a time until the deadline.
+                    if not final or time.monotonic() >= deadline:
+                        return
+                    time.sleep(0.001)
+                    continue
                 del self._pending[:n]
-        except BlockingIOError:
-            return
         except (OSError, ValueError) as exc:
             self._fail(exc)
 
@@ -180,6 +236,12 @@ class _Sink:
 
     def close(self) -> None:
         self.flush(final=True)
+        if self._own_fd:
+            os.close(self._fd)
+            self._own_fd, self._broken = False, True  # nothing more can be written
+        if self._sock is not None:
+            self._sock.close()  # our duplicate; the original stays open
+            self._sock, self._broken = None, True
         if self._owned:
             self._file.close()
 

@@ -118,7 +118,11 @@ def _nonblocking_view(fd: int) -> tuple[int, bool, socket.socket | None]:
             flags = os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC
             return os.open(f"/proc/self/fd/{fd}", flags), True, None
         if stat.S_ISSOCK(mode):
-            return fd, False, socket.socket(fileno=os.dup(fd))
+            copy = os.dup(fd)
+            try:
+                return fd, False, socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)
     except OSError:
         pass
     return fd, False, None

@@ -102,13 +102,11 @@ class Upload:
             except OSError as exc:
                 raise self.failed(exc) from None
             view = view[n:]
-            self.written += n
-        if self._fsync and self.written - self._kicked >= _KICK_BYTES:
-            self._sync_as_we_go()
+        self.wrote(len(data))
 
     def wrote(self, n: int) -> None:
-        """``n`` more bytes were written to :attr:`fd` by someone else (spliced): counted, and
-        under ``--fsync`` synced as they go, as :meth:`write` does."""
+        """``n`` more bytes are in :attr:`fd` (by :meth:`write`, or spliced by the transport):
+        counted, and under ``--fsync`` synced as they go."""
         self.written += n
         if self._fsync and self.written - self._kicked >= _KICK_BYTES:
             self._sync_as_we_go()

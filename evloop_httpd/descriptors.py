@@ -4,7 +4,8 @@ Theory of operation: a connection holds at most two descriptors while it answers
 socket and the file being sent) and three while it receives a PUT (its socket, the temp file,
 and the folder the temp file is created in, see :mod:`upload`). Everything else the process
 holds is fixed (the listener, the selector, the waker pair, the splice pipe that all uploads of
-the loop share, see ``transport.SplicePipe``, standard streams, log files), and
+the loop share, see ``transport.SplicePipe``, standard streams, log files, and the log's own
+non-blocking view of a stderr pipe, see ``log._nonblocking_view``), and
 the few descriptors a request opens and closes within one step of the loop (a precompressed
 sidecar, a folder being listed or synced, an upload refused below) are opened one request at a
 time, since the loop serves one connection at a time. ``FD_RESERVE`` covers both.
@@ -43,8 +44,8 @@ FDS_PER_UPLOAD = 3  # a PUT: the socket, the temp file, the folder's descriptor
 # Beyond the socket: the checking walk at MAX_DEPTH levels (two each) and the stream's first
 # level while it prepares; the stream's walk and the file being read afterwards.
 FDS_PER_ZIP = 2 * MAX_DEPTH + 2
-# Fixed descriptors (~12, the loop's splice pipe included) plus those opened and closed
-# within one step (<= 3).
+# Fixed descriptors (~13, the loop's splice pipe and the log's view of stderr included) plus
+# those opened and closed within one step (<= 3).
 FD_RESERVE = 64
 UPLOAD_FLOOR = 16  # the upload cap is never lower (nor below an eighth of the connections)
 

@@ -9,6 +9,7 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Callable
 
 from evloop_httpd.log import _Sink
 
@@ -23,14 +24,21 @@ class AlwaysWritable:
         return [(0, select.POLLOUT)]
 
 
-def fill(fd: int) -> int:
-    """Write to ``fd`` (non-blocking) until it takes no more; the bytes written."""
+CHUNK = b"x" * 4096
+
+
+def until_refused(step: Callable[[], int]) -> int:
+    """Repeat ``step`` (a non-blocking write, or read) until it would block or moves nothing:
+    the bytes it moved in all."""
     n = 0
     while True:
         try:
-            n += os.write(fd, b"x" * 4096)
+            moved = step()
         except BlockingIOError:
             return n
+        if not moved:
+            return n
+        n += moved
 
 
 def flush_returns(sink: _Sink) -> bool:
@@ -48,12 +56,13 @@ def test_a_pipe_filled_by_another_writer_never_blocks_a_flush() -> None:
         with os.fdopen(w, "w") as stderr:
             sink = _Sink(stderr, owned=False)
             sink._poll = AlwaysWritable()  # type: ignore[assignment]
-            assert fill(other) > 0  # the other worker's lines fill the pipe
+            # The other worker's lines fill the pipe.
+            assert until_refused(lambda: os.write(other, CHUNK)) > 0
             sink.add("a whole line\n")
             returned = flush_returns(sink)
-            while os.read(r, 1 << 16):  # the reader catches up (and frees a blocked writer)
-                if not select.select([r], [], [], 0)[0]:
-                    break
+            os.set_blocking(r, False)  # the reader catches up (and frees a blocked writer)
+            until_refused(lambda: len(os.read(r, 1 << 16)))
+            os.set_blocking(r, True)
             assert returned, "a flush blocked on a full pipe"
             sink.flush()  # the line kept for later goes now, whole
             sink.close()
@@ -88,12 +97,7 @@ def test_a_socket_full_of_other_lines_never_blocks_a_flush() -> None:
     ours, journal = socket.socketpair()
     try:
         ours.setblocking(False)
-        filled = 0
-        while True:
-            try:
-                filled += ours.send(b"x" * 4096)
-            except BlockingIOError:
-                break
+        until_refused(lambda: ours.send(CHUNK))  # the other worker's lines fill it
         ours.setblocking(True)  # as a process's stderr socket is
         with os.fdopen(os.dup(ours.fileno()), "w") as stderr:
             sink = _Sink(stderr, owned=False)
@@ -101,12 +105,7 @@ def test_a_socket_full_of_other_lines_never_blocks_a_flush() -> None:
             sink.add("a whole line\n")
             returned = flush_returns(sink)
             journal.setblocking(False)
-            got = 0
-            while got < filled:  # the journal catches up
-                try:
-                    got += len(journal.recv(1 << 16))
-                except BlockingIOError:
-                    break
+            until_refused(lambda: len(journal.recv(1 << 16)))  # the journal catches up
             assert returned, "a flush blocked on a full socket"
             sink.close()
     finally:

@@ -62,11 +62,7 @@ def healthy(srv: RunningServer) -> None:
 
 
 def small_rcvbuf_client(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(DEADLINE_S)
-    sock.connect(("127.0.0.1", port))
-    return sock
+    return connect(port, rcvbuf=4096)
 
 
 def read_head(sock: socket.socket) -> tuple[bytes, bytes]:

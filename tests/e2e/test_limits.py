@@ -85,10 +85,7 @@ def test_sigterm_under_load_finishes_responses_and_aborts_puts(tmp_path: Path) -
     try:
         port = read_serving_port(proc)
         for _ in range(4):
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-            s.settimeout(DEADLINE_S)
-            s.connect(("127.0.0.1", port))
+            s = connect(port, rcvbuf=16384)
             s.sendall(get("/big.bin"))
             assert s.recv(1) == b"H"  # the response has begun
             downloads.append(s)
@@ -279,10 +276,7 @@ def download_slowly(
     with open(root / "big.bin", "wb") as f:
         f.truncate(BIG)
     with running(root, timeouts={"stall_s": stall, "min_rate_bytes_s": min_rate}) as srv:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        sock.settimeout(DEADLINE_S)
-        sock.connect(("127.0.0.1", srv.port))
+        sock = connect(srv.port, rcvbuf=16 * 1024)
         try:
             sock.sendall(get("/big.bin"))
             return read_at(sock, rate, give_up_s)

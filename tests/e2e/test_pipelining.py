@@ -27,6 +27,7 @@ from ..helpers import (
     DEADLINE_S,
     Client,
     RunningServer,
+    connect,
     get,
     put,
     read_serving_port,
@@ -66,11 +67,7 @@ def is_head(req: bytes) -> bool:
 
 def slow_client(port: int) -> Client:
     """A client whose receive buffer is tiny, so that the server's sends are cut short."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SMALL_BUF)
-    sock.settimeout(DEADLINE_S)
-    sock.connect(("127.0.0.1", port))
-    return Client(sock)
+    return Client(connect(port, rcvbuf=_SMALL_BUF))
 
 
 def connections(srv: RunningServer) -> list[Transport]:
@@ -615,10 +612,7 @@ def test_a_reader_that_stalls_gets_every_pipelined_byte(tmp_path: Path) -> None:
     (tmp_path / "f.bin").write_bytes(body)
     count = 400
     with running(tmp_path) as srv:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(DEADLINE_S)
-        sock.connect(("127.0.0.1", srv.port))
+        sock = connect(srv.port, rcvbuf=4096)
         with Client(sock) as c:
             c.send(get("/f.bin") * count)
             replies = [c.read_response() for _ in range(count)]

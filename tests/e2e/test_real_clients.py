@@ -15,7 +15,7 @@ import pytest
 
 from evloop_httpd.reactor import Server
 
-from ..helpers import DEADLINE_S, Client, get, running
+from ..helpers import Client, connect, get, running
 
 LONG_TARGET = "/" + "a" * 9000
 
@@ -102,10 +102,7 @@ def test_slow_steady_reader_is_not_taken_for_a_stall(
     (www / "slow.bin").write_bytes(data)
     stall_s = 0.5
     with running(www, timeouts={"stall_s": stall_s, "min_rate_bytes_s": 1}) as srv:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(DEADLINE_S)
-        sock.connect(("127.0.0.1", srv.port))
+        sock = connect(srv.port, rcvbuf=4096)
         with sock:
             sock.sendall(get("/slow.bin"))
             wire = b""

@@ -146,9 +146,7 @@ def test_body_faster_than_min_rate_survives_past_stall_timeout(
 def test_client_that_never_reads_is_dropped(fast_timeouts: RunningServer) -> None:
     srv = fast_timeouts
     (srv.root / "big.bin").write_bytes(b"z" * BIG)  # far more than socket buffers hold
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", srv.port))
+    sock = connect(srv.port, rcvbuf=4096)
     try:
         sock.sendall(get("/big.bin"))
         # Never read. The server's buffers fill and it waits; after the stall deadline it must

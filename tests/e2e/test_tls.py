@@ -32,6 +32,7 @@ from ..helpers import (
     REPO,
     Client,
     RunningServer,
+    connect,
     curl,
     get,
     make_config,
@@ -735,14 +736,9 @@ def test_a_slow_reader_gets_every_pipelined_byte_over_tls(
     count = 300
     tls_server = RunningServer(make_config(site, tls_cert=pki.cert, tls_key=pki.key))
     try:
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.settimeout(DEADLINE_S)
-        raw.connect(("127.0.0.1", tls_server.port))
-        c = Client.__new__(Client)
-        c.sock = pki.client_context().wrap_socket(raw, server_hostname="localhost")
-        c.buf, c.recv_size = b"", 1024
-        with c:
+        raw = connect(tls_server.port, rcvbuf=4096)
+        tls = pki.client_context().wrap_socket(raw, server_hostname="localhost")
+        with Client(tls, recv_size=1024) as c:
             c.send(get("/f.bin") * count)
             replies = [c.read_response() for _ in range(count)]
             assert all(r.status == 200 and r.body == body for r in replies)

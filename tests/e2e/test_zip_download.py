@@ -606,10 +606,7 @@ def test_over_tls_a_reader_that_stops_then_reads_on(tmp_path: Path) -> None:
     (root / "c" / "f.bin").write_bytes(content)
     settings, ctx = tls_setup(tmp_path)
     with running(root, listing=True, **settings) as srv:
-        raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.settimeout(DEADLINE_S)
-        raw.connect(("127.0.0.1", srv.port))
+        raw = connect(srv.port, rcvbuf=4096)
         with ctx.wrap_socket(raw, server_hostname="localhost") as sock:
             sock.sendall(b"GET /c/?download=zip HTTP/1.1\r\nHost: x\r\n\r\n")
             status, _, rest = read_head(sock)
